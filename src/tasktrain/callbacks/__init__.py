@@ -1,0 +1,10 @@
+"""Callbacks: cross-cutting features that hook into the loops."""
+
+from tasktrain.callbacks.base import Callback
+from tasktrain.callbacks.checkpoint import ModelCheckpoint
+from tasktrain.callbacks.early_stopping import EarlyStopping
+from tasktrain.callbacks.lr_monitor import LearningRateMonitor
+from tasktrain.callbacks.progress import ProgressBar
+from tasktrain.callbacks.throughput import Throughput
+
+__all__ = ["Callback", "EarlyStopping", "LearningRateMonitor", "ModelCheckpoint", "ProgressBar", "Throughput"]

@@ -1,0 +1,48 @@
+"""``LearningRateMonitor``: log every parameter group's learning rate."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from typing_extensions import override
+
+from tasktrain.callbacks.base import Callback
+
+if TYPE_CHECKING:
+    from tasktrain.module import TaskModule
+    from tasktrain.trainer import Trainer
+
+_INTERVALS = ("step", "epoch")
+
+
+class LearningRateMonitor(Callback):
+    """Log ``lr`` (one group) or ``lr/pg{i}`` (several) at each logging step or at each epoch end.
+
+    Example:
+        >>> import tasktrain as tt
+        >>> trainer = tt.Trainer(callbacks=[LearningRateMonitor("step")])
+    """
+
+    def __init__(self, logging_interval: str = "step") -> None:
+        if logging_interval not in _INTERVALS:
+            raise ValueError(f"LearningRateMonitor(logging_interval={logging_interval!r}): accepted {_INTERVALS}")
+        self.logging_interval = logging_interval
+
+    @override
+    def on_train_step_end(self, trainer: Trainer, module: TaskModule[Any]) -> None:
+        if self.logging_interval == "step" and trainer.state.global_step % trainer.log_every_n_steps == 0:
+            self._log(trainer, module, on_step=True)
+
+    @override
+    def on_train_epoch_start(self, trainer: Trainer, module: TaskModule[Any]) -> None:
+        if self.logging_interval == "epoch":
+            self._log(trainer, module, on_step=False)
+
+    def _log(self, trainer: Trainer, module: TaskModule[Any], on_step: bool) -> None:
+        optimizer = trainer.optimizer
+        if optimizer is None:
+            return
+        groups = optimizer.param_groups
+        for i, group in enumerate(groups):
+            name = "lr" if len(groups) == 1 else f"lr/pg{i}"
+            module.log(name, float(group["lr"]), on_step=on_step, on_epoch=not on_step)

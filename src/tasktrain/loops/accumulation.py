@@ -1,0 +1,158 @@
+"""``AccumulationLoop``: forward and backward for every micro-batch of one optimizer step."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from lightning_utilities.core.overrides import is_overridden
+from torch import Tensor
+
+from tasktrain.log_buffer import batch_size_of
+from tasktrain.loops.base import Loop, LoopContext
+from tasktrain.module import TaskModule
+from tasktrain.state import Progress
+
+_NONFINITE_POLICIES = ("raise", "skip")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training loss was NaN or infinite under ``on_nonfinite_loss="raise"``."""
+
+
+class ItemCounter:
+    """A running total that stays on the device until read, so counting never syncs per step."""
+
+    def __init__(self) -> None:
+        self._value: int | Tensor = 0
+
+    def add(self, amount: int | Tensor) -> None:
+        self._value = self._value + amount
+
+    @property
+    def value(self) -> int:
+        return int(self._value)  # one host sync when the total lives on a device
+
+    def state_dict(self) -> dict[str, int]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self._value = int(state["value"])
+
+
+class AccumulationLoop(Loop):
+    """Run one accumulation group (``accumulate_grad_batches`` micro-batches, fewer at epoch end).
+
+    Every micro-batch's loss is weighted so the accumulated gradient equals the gradient of one
+    big batch: by its share of the group's items when ``count_items`` returns numbers (totals
+    reduced over all data-parallel ranks), else by ``1 / len(group)``. Gradient sync is skipped on
+    all but the last micro-batch.
+
+    Args:
+        on_nonfinite_loss: ``"raise"`` (stop, naming the step) or ``"skip"`` (drop the step).
+
+    Example:
+        >>> loop = AccumulationLoop(on_nonfinite_loss="skip")
+        >>> loop.progress.total.completed
+        0
+    """
+
+    def __init__(self, on_nonfinite_loss: str = "raise") -> None:
+        self.on_nonfinite_loss = on_nonfinite_loss
+        self.progress = Progress()  # one item per micro-batch; ``current`` is this group
+        self.samples_seen = ItemCounter()
+        self.items_seen = ItemCounter()
+        self._counts_items_cache: tuple[TaskModule[Any], bool] | None = None
+
+    def run(self, ctx: LoopContext, group: Sequence[tuple[int, Any]]) -> Tensor | None:
+        """Forward and backward every ``(batch_idx, batch)`` of ``group``.
+
+        Returns:
+            The group's loss (the weighted sum of micro-batch losses, detached), or None when a
+            non-finite loss made the step be skipped.
+        """
+        module, strategy, hooks = ctx.module, ctx.strategy, ctx.hooks
+        self.progress.reset_current()
+        weights = self._loss_weights(ctx, group)
+        last = len(group) - 1
+        parts: list[Tensor] = []
+        nonfinite = False
+        for i, (batch_idx, batch) in enumerate(group):
+            self.progress.start()
+            self.samples_seen.add(batch_size_of(batch))
+            hooks.call("on_train_batch_start", batch, batch_idx)
+            with strategy.no_backward_sync(i < last):
+                with strategy.autocast():
+                    outputs = strategy.forward_step(module.training_step, batch, batch_idx)
+                loss = self._loss_of(outputs, ctx, i, len(group), batch_idx)
+                if not bool(torch.isfinite(loss)):  # host sync: one per micro-batch
+                    nonfinite = True
+                    self._on_nonfinite(loss, ctx, i, len(group), batch_idx)
+                weighted = loss if weights is None else loss * weights[i]
+                hooks.call("on_before_backward", weighted)
+                strategy.backward(weighted)
+            hooks.call("on_after_backward")
+            hooks.call("on_train_batch_end", outputs, batch, batch_idx)
+            parts.append(weighted.detach())
+            self.progress.finish()
+        if self.on_nonfinite_loss == "skip" and _any_rank(ctx, nonfinite):
+            return None
+        return parts[0] if len(parts) == 1 else torch.stack(parts).sum()
+
+    def _loss_weights(self, ctx: LoopContext, group: Sequence[tuple[int, Any]]) -> list[Any] | None:
+        counts = [ctx.module.count_items(batch) for _, batch in group] if self._counts_items(ctx.module) else None
+        if counts is None or any(c is None for c in counts):
+            return None if len(group) == 1 else [1.0 / len(group)] * len(group)
+        dp_size = ctx.strategy.data_parallel_size
+        if dp_size == 1 and all(isinstance(c, int) for c in counts):  # plain numbers: no tensor work
+            total = sum(counts)
+            self.items_seen.add(total)
+            return [c / total for c in counts]
+        device = ctx.strategy.root_device
+        local = torch.stack([torch.as_tensor(c, device=device).to(torch.int64).reshape(()) for c in counts])
+        local_total = local.sum()
+        self.items_seen.add(local_total)
+        # Data-parallel strategies average gradients over ranks, hence the factor dp_size.
+        total = ctx.strategy.reduce(local_total, "sum")
+        return list((local * dp_size / total).float().unbind())
+
+    def _counts_items(self, module: TaskModule[Any]) -> bool:
+        cached = self._counts_items_cache
+        if cached is None or cached[0] is not module:
+            cached = self._counts_items_cache = (module, is_overridden("count_items", module, parent=TaskModule))
+        return cached[1]
+
+    def _loss_of(self, outputs: Any, ctx: LoopContext, i: int, n: int, batch_idx: int) -> Tensor:
+        loss = outputs
+        if isinstance(outputs, Mapping):
+            loss = outputs.get("loss")
+        elif isinstance(outputs, tuple) and outputs:
+            loss = outputs[0]
+        if isinstance(loss, Tensor) and loss.ndim == 0:
+            return loss
+        got = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else type(outputs).__name__
+        raise TypeError(
+            f"{_loss_hook(ctx.module)} must return a scalar loss tensor, (loss, outputs) or a mapping with key "
+            f"'loss'; got {got} at step {ctx.state.global_step} (micro-batch {i + 1} of {n}, batch_idx {batch_idx})"
+        )
+
+    def _on_nonfinite(self, loss: Tensor, ctx: LoopContext, i: int, n: int, batch_idx: int) -> None:
+        if self.on_nonfinite_loss == "raise":
+            raise NonFiniteLossError(
+                f"non-finite loss {loss.item()} returned by {_loss_hook(ctx.module)} at step "
+                f"{ctx.state.global_step} (micro-batch {i + 1} of {n}, batch_idx {batch_idx}); "
+                "pass Trainer(on_nonfinite_loss='skip') to skip such steps"
+            )
+
+
+def _loss_hook(module: TaskModule[Any]) -> str:
+    name = "training_step" if is_overridden("training_step", module, parent=TaskModule) else "compute_loss"
+    return f"{type(module).__name__}.{name}"
+
+
+def _any_rank(ctx: LoopContext, flag: bool) -> bool:
+    """Whether ``flag`` is set on any rank (a collective, so all ranks agree to skip together)."""
+    if ctx.strategy.world_size == 1:
+        return flag
+    return bool(ctx.strategy.reduce(torch.tensor(float(flag), device=ctx.strategy.root_device), "max").item())

@@ -1,0 +1,70 @@
+"""What every loop shares: the ``run`` skeleton, the collaborators it receives, and its state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tasktrain.state import Progress
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
+    from tasktrain.log_buffer import LogBuffer
+    from tasktrain.loops.hooks import HookDispatcher
+    from tasktrain.module import TaskModule
+    from tasktrain.optim import OptimizerSetup
+    from tasktrain.state import TrainState
+    from tasktrain.strategies.base import Strategy
+
+
+@dataclass
+class LoopContext:
+    """The collaborators a loop works with, handed down from the trainer (never the trainer itself)."""
+
+    module: TaskModule[Any]
+    strategy: Strategy
+    hooks: HookDispatcher
+    state: TrainState
+    logs: LogBuffer
+    optim: OptimizerSetup | None = None
+    train_dataloader: DataLoader[Any] | None = None
+    val_dataloader: DataLoader[Any] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Loop:
+    """Base of every loop: ``state_dict()`` walks the object tree.
+
+    A loop's state is every :class:`~tasktrain.state.Progress` (and every attribute with
+    ``state_dict``/``load_state_dict``) it holds, plus its child loops under dotted keys, all
+    plain JSON.
+
+    Example:
+        >>> from tasktrain.loops import FitLoop
+        >>> sorted(FitLoop().state_dict())[:2]
+        ['epoch_loop.accumulation.progress', 'epoch_loop.batch_progress']
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {}
+        for name, value in vars(self).items():
+            if isinstance(value, Loop):
+                state.update({f"{name}.{k}": v for k, v in value.state_dict().items()})
+            elif _is_stateful(value):
+                state[name] = value.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, value in vars(self).items():
+            if isinstance(value, Loop):
+                prefix = f"{name}."
+                value.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+            elif _is_stateful(value) and name in state:
+                value.load_state_dict(state[name])
+                if isinstance(value, Progress):
+                    value.reset_on_restart()
+
+
+def _is_stateful(value: Any) -> bool:
+    return callable(getattr(value, "state_dict", None)) and callable(getattr(value, "load_state_dict", None))

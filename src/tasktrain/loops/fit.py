@@ -1,0 +1,96 @@
+"""``FitLoop``: epochs, and when to stop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tasktrain.loops.base import Loop, LoopContext
+from tasktrain.loops.epoch import EpochLoop
+from tasktrain.loops.optimization import step_epoch_scheduler, step_monitored_scheduler
+from tasktrain.state import Progress
+
+
+class FitLoop(Loop):
+    """Run epochs until ``max_epochs``, ``max_steps`` (optimizer steps) or ``state.should_stop``.
+
+    The whole of ``fit``, with the hooks that fire (see :mod:`tasktrain.loops.hooks`)::
+
+        on_train_start
+        while not done:                                   # FitLoop
+            sampler.set_epoch(epoch); on_train_epoch_start
+            for group in dataloader, N micro-batches:     # EpochLoop
+                for batch in group:                       # AccumulationLoop
+                    on_train_batch_start
+                    with no_backward_sync(not last), autocast:
+                        loss = training_step(batch) * weight
+                    on_before_backward; strategy.backward(loss); on_after_backward
+                    on_train_batch_end
+                unscale; clip; on_before_optimizer_step   # OptimizationStep
+                strategy.optimizer_step; scheduler.step (per-step)
+                on_before_zero_grad; zero_grad; global_step += 1
+                on_train_step_end
+                log every log_every_n_steps; validate every val_check_interval
+            validate every check_val_every_n_epoch
+            on_train_epoch_end; log epoch values; scheduler.step (per-epoch)
+        on_train_end
+
+    Example:
+        >>> loop = FitLoop(max_epochs=3)
+        >>> loop.epoch_loop.accumulate_grad_batches
+        1
+    """
+
+    def __init__(
+        self, max_epochs: int | None = None, max_steps: int | None = None, epoch_loop: EpochLoop | None = None
+    ) -> None:
+        self.max_epochs = max_epochs
+        self.max_steps = max_steps
+        self.epoch_loop = epoch_loop or EpochLoop()
+        self.epoch_progress = Progress()
+
+    def run(self, ctx: LoopContext) -> None:
+        self.on_run_start(ctx)
+        while not self.done(ctx):
+            self.advance(ctx)
+        self.on_run_end(ctx)
+
+    def done(self, ctx: LoopContext) -> bool:
+        state = ctx.state
+        if state.should_stop:
+            return True
+        if self.max_steps is not None and state.global_step >= self.max_steps:
+            return True
+        return self.max_epochs is not None and self.epoch_progress.total.completed >= self.max_epochs
+
+    def on_run_start(self, ctx: LoopContext) -> None:
+        ctx.module.train()
+        ctx.hooks.call("on_train_start")
+
+    def advance(self, ctx: LoopContext) -> None:
+        """One epoch."""
+        state, hooks = ctx.state, ctx.hooks
+        state.epoch = self.epoch_progress.total.completed
+        _set_epoch(ctx.train_dataloader, state.epoch)
+        self.epoch_progress.start()
+        hooks.call("on_train_epoch_start")
+        self.epoch_loop.run(ctx, self.max_steps)
+        hooks.call("on_train_epoch_end")
+        self.epoch_loop.flush_logs(ctx)
+        metrics = ctx.logs.flush_epoch(state.global_step)
+        if self.epoch_loop.exhausted:
+            self.epoch_progress.finish()
+            assert ctx.optim is not None
+            step_epoch_scheduler(ctx.optim.scheduler, self.epoch_progress.total.completed)
+            if ctx.val_dataloader is None:
+                step_monitored_scheduler(ctx.optim.scheduler, {**ctx.logs.callback_metrics, **metrics})
+
+    def on_run_end(self, ctx: LoopContext) -> None:
+        ctx.hooks.call("on_train_end")
+
+
+def _set_epoch(dataloader: Any, epoch: int) -> None:
+    """Tell the sampler which epoch it is (``DistributedSampler`` and friends reshuffle by epoch)."""
+    for holder in (dataloader, getattr(dataloader, "batch_sampler", None)):
+        sampler = getattr(holder, "sampler", None)
+        if callable(getattr(sampler, "set_epoch", None)):
+            sampler.set_epoch(epoch)

@@ -1,0 +1,283 @@
+"""``TaskModule``: what to train. The user's model, its loss, its optimizers, and optional hooks."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from torch.optim import Optimizer
+    from torch.utils.data import DataLoader
+
+    from tasktrain.log_buffer import LogBuffer
+    from tasktrain.trainer import Trainer
+
+BatchT = TypeVar("BatchT")
+
+
+class HParams(dict[str, Any]):
+    """The saved constructor arguments: a dict that also reads as attributes (``hparams.lr``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"hparams has no {name!r}; saved: {sorted(self)}") from None
+
+
+class TaskModule(nn.Module, Generic[BatchT]):
+    """Subclass this to say *what* to train; the :class:`~tasktrain.Trainer` decides *how*.
+
+    Implement ``compute_loss`` (or ``training_step``) and ``configure_optimizers``; every
+    other hook is optional. ``TaskModule[BatchT]`` types the batch your hooks receive.
+
+    Example:
+        >>> class Regressor(TaskModule):
+        ...     def __init__(self, lr: float = 0.1):
+        ...         super().__init__()
+        ...         self.save_hyperparameters()
+        ...         self.net = torch.nn.Linear(3, 1)
+        ...     def compute_loss(self, batch):
+        ...         x, y = batch
+        ...         return torch.nn.functional.mse_loss(self.net(x), y)
+        ...     def configure_optimizers(self):
+        ...         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+        >>> Regressor().hparams.lr
+        0.1
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hparams: HParams = HParams()
+        self._trainer: Trainer | None = None
+        self._log_buffer: LogBuffer | None = None
+        self._warned_unattached_log = False
+
+    # -- read-only views of the run ------------------------------------------------------------
+    @property
+    def trainer(self) -> Trainer:
+        """The trainer running this module (only while attached)."""
+        if self._trainer is None:
+            raise RuntimeError(f"{type(self).__name__} is not attached to a Trainer; call Trainer.fit/validate.")
+        return self._trainer
+
+    @property
+    def global_step(self) -> int:
+        """Completed optimizer steps (0 when not attached to a trainer)."""
+        return self._trainer.state.global_step if self._trainer is not None else 0
+
+    @property
+    def current_epoch(self) -> int:
+        """Index of the current epoch (0 when not attached to a trainer)."""
+        return self._trainer.state.epoch if self._trainer is not None else 0
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the module's first parameter or buffer (CPU if it has none)."""
+        for tensor in self.parameters():
+            return tensor.device
+        for tensor in self.buffers():
+            return tensor.device
+        return torch.device("cpu")
+
+    # -- hyperparameters -----------------------------------------------------------------------
+    def save_hyperparameters(self, *names: str, ignore: Iterable[str] = ()) -> None:
+        """Record the arguments of the calling ``__init__`` in ``self.hparams`` (and in checkpoints).
+
+        Args:
+            names: save only these arguments (default: all).
+            ignore: arguments not to save (e.g. a whole sub-model).
+        """
+        frame = inspect.currentframe()
+        caller = frame.f_back if frame is not None else None
+        if caller is None:
+            raise RuntimeError("save_hyperparameters() must be called from __init__")
+        init_args = _init_arguments(caller.f_locals, type(self))
+        wanted = set(names) or set(init_args)
+        unknown = wanted - set(init_args)
+        if unknown:
+            raise ValueError(
+                f"save_hyperparameters(): {sorted(unknown)} are not arguments of "
+                f"{type(self).__name__}.__init__; its arguments are {sorted(init_args)}"
+            )
+        skipped = set(ignore)
+        self.hparams.update({k: v for k, v in init_args.items() if k in wanted and k not in skipped})
+
+    # -- logging -------------------------------------------------------------------------------
+    def log(
+        self,
+        name: str,
+        value: Any,
+        *,
+        on_step: bool | None = None,
+        on_epoch: bool | None = None,
+        prog_bar: bool = False,
+        sync_dist: bool = False,
+        batch_size: int | None = None,
+    ) -> None:
+        """Log a float, a tensor or a torchmetrics ``Metric`` under ``name``.
+
+        Defaults: during training ``on_step=True, on_epoch=False``; during evaluation
+        ``on_step=False, on_epoch=True`` (a batch-size-weighted mean over the epoch). A ``Metric``
+        is computed and reset at the end of the epoch. Logging a tensor never syncs the device:
+        values are read only at the logging interval.
+
+        Example:
+            >>> self.log("val/acc", self.accuracy, prog_bar=True)  # doctest: +SKIP
+        """
+        if self._log_buffer is None:
+            if not self._warned_unattached_log:
+                warnings.warn(
+                    f"{type(self).__name__}.log({name!r}) called outside a Trainer run: the value is dropped",
+                    stacklevel=2,
+                )
+                self._warned_unattached_log = True
+            return
+        self._log_buffer.log(
+            name,
+            value,
+            on_step=on_step,
+            on_epoch=on_epoch,
+            prog_bar=prog_bar,
+            sync_dist=sync_dist,
+            batch_size=batch_size,
+        )
+
+    def log_dict(self, values: Mapping[str, Any], **kwargs: Any) -> None:
+        """Log every ``name: value`` of ``values`` with the same options as :meth:`log`."""
+        for name, value in values.items():
+            self.log(name, value, **kwargs)
+
+    # -- the user's hooks ------------------------------------------------------------------------
+    def compute_loss(self, batch: BatchT) -> Tensor | tuple[Tensor, Any]:
+        """Return the mean loss of one micro-batch (optionally ``(loss, outputs)``)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement compute_loss(batch) or override training_step(batch, batch_idx)"
+        )
+
+    def training_step(self, batch: BatchT, batch_idx: int) -> Tensor | Mapping[str, Any]:
+        """Return the loss of one micro-batch, or a mapping with key ``"loss"``.
+
+        The default calls :meth:`compute_loss`. The trainer logs ``train/loss`` (the mean over
+        the optimizer steps since the last log) unless you log that name yourself.
+        """
+        return self.compute_loss(batch)  # type: ignore[return-value]
+
+    def validation_step(self, batch: BatchT, batch_idx: int) -> Any:
+        """Evaluate one batch. The default logs ``compute_loss`` as ``val/loss``."""
+        return self._default_eval_step(batch, "val/loss")
+
+    def test_step(self, batch: BatchT, batch_idx: int) -> Any:
+        """Evaluate one test batch. The default logs ``compute_loss`` as ``test/loss``."""
+        return self._default_eval_step(batch, "test/loss")
+
+    def predict_step(self, batch: BatchT, batch_idx: int) -> Any:
+        """Return the prediction for one batch. The default is ``self(batch)``."""
+        return self(batch)
+
+    def count_items(self, batch: BatchT) -> int | Tensor | None:
+        """How many loss items (e.g. non-padding tokens) ``batch`` holds; ``None`` to weight batches equally.
+
+        When this returns a number, each micro-batch of an optimizer step is weighted by its
+        share of the items in the whole step (all micro-batches, all ranks), so the update equals
+        the one from a single big batch.
+        """
+        return None
+
+    def configure_optimizers(self) -> Any:
+        """Return an optimizer, ``(optimizer, scheduler)``, or ``{"optimizer": ..., "lr_scheduler": ...}``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement configure_optimizers() to be fitted")
+
+    def configure_model(self) -> None:
+        """Build large layers late (called once before the strategy wraps the module)."""
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        raise NotImplementedError(
+            f"no training data: pass train_dataloaders to fit() or implement {type(self).__name__}.train_dataloader()"
+        )
+
+    def val_dataloader(self) -> DataLoader[Any] | None:
+        return None
+
+    def test_dataloader(self) -> DataLoader[Any]:
+        raise NotImplementedError(
+            f"no test data: pass dataloaders to test() or implement {type(self).__name__}.test_dataloader()"
+        )
+
+    def predict_dataloader(self) -> DataLoader[Any]:
+        raise NotImplementedError(
+            f"no predict data: pass dataloaders to predict() or implement {type(self).__name__}.predict_dataloader()"
+        )
+
+    # -- lifecycle hooks (same names as on Callback; order in tasktrain.loops.hooks) -------------
+    def on_fit_start(self) -> None: ...
+    def on_fit_end(self) -> None: ...
+    def on_train_start(self) -> None: ...
+    def on_train_end(self) -> None: ...
+    def on_train_epoch_start(self) -> None: ...
+    def on_train_epoch_end(self) -> None: ...
+    def on_train_batch_start(self, batch: BatchT, batch_idx: int) -> None: ...
+    def on_before_backward(self, loss: Tensor) -> None: ...
+    def on_after_backward(self) -> None: ...
+    def on_train_batch_end(self, outputs: Any, batch: BatchT, batch_idx: int) -> None: ...
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None: ...
+    def on_before_zero_grad(self, optimizer: Optimizer) -> None: ...
+    def on_train_step_end(self) -> None: ...
+    def on_validation_start(self) -> None: ...
+    def on_validation_end(self) -> None: ...
+    def on_validation_epoch_start(self) -> None: ...
+    def on_validation_epoch_end(self) -> None: ...
+    def on_validation_batch_start(self, batch: BatchT, batch_idx: int) -> None: ...
+    def on_validation_batch_end(self, outputs: Any, batch: BatchT, batch_idx: int) -> None: ...
+    def on_test_start(self) -> None: ...
+    def on_test_end(self) -> None: ...
+    def on_test_epoch_start(self) -> None: ...
+    def on_test_epoch_end(self) -> None: ...
+    def on_test_batch_start(self, batch: BatchT, batch_idx: int) -> None: ...
+    def on_test_batch_end(self, outputs: Any, batch: BatchT, batch_idx: int) -> None: ...
+    def on_predict_start(self) -> None: ...
+    def on_predict_end(self) -> None: ...
+    def on_predict_epoch_start(self) -> None: ...
+    def on_predict_epoch_end(self) -> None: ...
+    def on_predict_batch_start(self, batch: BatchT, batch_idx: int) -> None: ...
+    def on_predict_batch_end(self, outputs: Any, batch: BatchT, batch_idx: int) -> None: ...
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
+    def on_exception(self, error: BaseException) -> None: ...
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    @classmethod
+    def load_from_checkpoint(cls, path: str, **overrides: Any) -> TaskModule[Any]:
+        """Rebuild the module from a checkpoint directory: ``cls(**hparams, **overrides)`` + weights.
+
+        Example:
+            >>> model = Regressor.load_from_checkpoint("runs/checkpoints/step=200")  # doctest: +SKIP
+        """
+        from tasktrain.checkpoint.format import load_module
+
+        return load_module(cls, path, overrides)
+
+    def _default_eval_step(self, batch: BatchT, name: str) -> Tensor:
+        out = self.compute_loss(batch)
+        loss = out[0] if isinstance(out, tuple) else out
+        self.log(name, loss, prog_bar=True)
+        return loss
+
+
+def _init_arguments(frame_locals: Mapping[str, Any], cls: type) -> dict[str, Any]:
+    """The arguments of ``cls.__init__`` as found in the calling frame (``**kwargs`` flattened)."""
+    params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
+    args: dict[str, Any] = {}
+    for name, param in list(params.items())[1:]:
+        if name not in frame_locals:
+            continue
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            args.update(frame_locals[name])
+        elif param.kind is not inspect.Parameter.VAR_POSITIONAL:
+            args[name] = frame_locals[name]
+    return args

@@ -1,0 +1,151 @@
+"""The ``Strategy`` interface: where tensors live and how gradients are synchronised.
+
+Loops talk to a strategy only through these methods, so a new strategy never touches a loop.
+A strategy owns a :class:`~tasktrain.precision.Precision` plugin and delegates autocast,
+backward and the optimizer step to it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
+
+import torch
+from lightning_utilities.core.apply_func import apply_to_collection
+from lightning_utilities.core.rank_zero import rank_zero_only
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from tasktrain.precision import Precision
+
+
+def _rank_from_environment() -> int:
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if key in os.environ:
+            return int(os.environ[key])
+    return 0
+
+
+# Rank-zero-only helpers need a rank before any strategy is set up; strategies update it.
+if not hasattr(rank_zero_only, "rank"):
+    rank_zero_only.rank = _rank_from_environment()  # type: ignore[attr-defined]
+
+
+class Strategy:
+    """Base strategy: one process, one device. Subclasses override what differs.
+
+    Example:
+        >>> from tasktrain.strategies import SingleDevice
+        >>> strategy = SingleDevice(torch.device("cpu"))
+        >>> strategy.reduce(torch.tensor(2.0), "sum")
+        tensor(2.)
+    """
+
+    #: Name used in ``Trainer(strategy=...)``.
+    name = "base"
+
+    def __init__(self, device: torch.device | str = "cpu", precision: Precision | None = None) -> None:
+        self.root_device = torch.device(device)
+        self.precision_given = precision is not None  # else the Trainer's ``precision`` decides
+        self.precision = precision if precision is not None else Precision()
+
+    # -- topology --------------------------------------------------------------------------------
+    @property
+    def world_size(self) -> int:
+        return 1
+
+    @property
+    def global_rank(self) -> int:
+        return 0
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.global_rank == 0
+
+    @property
+    def data_parallel_size(self) -> int:
+        """How many ranks read different data (gradients are averaged over them)."""
+        return self.world_size
+
+    # -- setup -----------------------------------------------------------------------------------
+    def setup_environment(self) -> None:
+        """Prepare the process (device selection, process group). Called first in every run."""
+        rank_zero_only.rank = self.global_rank  # type: ignore[attr-defined]
+        self.precision.setup(self.root_device)
+
+    def setup_module(self, module: nn.Module) -> nn.Module:
+        """Move (and, in subclasses, wrap or shard) the module; return what the loops call."""
+        return self.precision.convert_module(module).to(self.root_device)
+
+    def setup_optimizer(self, optimizer: Optimizer) -> Optimizer:
+        return optimizer
+
+    def batch_to_device(self, batch: Any) -> Any:
+        """Move every tensor of a nested batch to the device and precision of this strategy."""
+        if self.root_device.type != "cpu":
+            batch = apply_to_collection(batch, Tensor, Tensor.to, self.root_device, non_blocking=True)
+        return self.precision.convert_input(batch)
+
+    def teardown(self) -> None:
+        """Release what ``setup_environment`` acquired."""
+
+    # -- one training step -----------------------------------------------------------------------
+    def autocast(self) -> AbstractContextManager[Any]:
+        return self.precision.autocast()
+
+    def forward_step(self, step: Callable[[Any, int], Any], batch: Any, batch_idx: int) -> Any:
+        """Call a module step (``training_step``, ``validation_step``, ...) the way this strategy needs.
+
+        Wrapping strategies (DDP) route it through the wrapper's ``forward`` so their hooks run.
+        """
+        return step(batch, batch_idx)
+
+    def no_backward_sync(self, enabled: bool) -> AbstractContextManager[Any]:
+        """Skip gradient synchronisation in backward while ``enabled`` (all but the last micro-batch)."""
+        return nullcontext()
+
+    def backward(self, loss: Tensor) -> None:
+        self.precision.backward(loss)
+
+    def clip_gradients(self, module: nn.Module, optimizer: Optimizer, value: float, algorithm: str) -> Tensor | None:
+        """Clip by total norm (returns the norm before clipping) or by value (returns None)."""
+        self.precision.unscale_gradients(optimizer)
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if algorithm == "norm":
+            return torch.nn.utils.clip_grad_norm_(params, value)
+        torch.nn.utils.clip_grad_value_(params, value)
+        return None
+
+    def optimizer_step(self, optimizer: Optimizer) -> bool:
+        """Step; return False if the precision plugin skipped it (non-finite gradients)."""
+        return self.precision.optimizer_step(optimizer)
+
+    # -- collectives (identity on one process) ---------------------------------------------------
+    def reduce(self, tensor: Tensor, op: str = "mean") -> Tensor:
+        """Reduce ``tensor`` over all ranks with ``op`` in {"sum", "mean", "max", "min"}."""
+        return tensor
+
+    def all_gather(self, tensor: Tensor) -> Tensor:
+        """Stack ``tensor`` from every rank along a new first dimension."""
+        return tensor.unsqueeze(0)
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        return obj
+
+    def barrier(self) -> None:
+        pass
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def module_state_dict(self, module: nn.Module) -> dict[str, Tensor]:
+        """The full, unsharded weights to save."""
+        return module.state_dict()
+
+    def optimizer_state_dict(self, optimizer: Optimizer) -> dict[str, Any]:
+        return optimizer.state_dict()
+
+    @contextmanager
+    def module_init_context(self) -> Iterator[None]:
+        """Where ``configure_model`` builds layers (e.g. on the meta device for sharded strategies)."""
+        yield

@@ -1,0 +1,373 @@
+"""``Trainer``: validates its arguments, builds strategy, loops, callbacks and loggers, and delegates."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+from torch.utils.data import DataLoader
+
+from tasktrain import __version__
+from tasktrain.callbacks import Callback, ModelCheckpoint, ProgressBar
+from tasktrain.checkpoint import save_checkpoint
+from tasktrain.log_buffer import LogBuffer
+from tasktrain.loggers import CSVLogger, Logger
+from tasktrain.loops import (
+    AccumulationLoop,
+    EpochLoop,
+    EvaluationLoop,
+    FitLoop,
+    HookDispatcher,
+    LoopContext,
+    OptimizationStep,
+    PredictionLoop,
+)
+from tasktrain.loops.epoch import num_batches, steps_per_epoch
+from tasktrain.module import TaskModule
+from tasktrain.optim import OptimizerSetup, parse_optimizers
+from tasktrain.precision import build_precision
+from tasktrain.seed import seed_everything
+from tasktrain.state import TrainState
+from tasktrain.strategies import SingleDevice, Strategy
+from tasktrain.strategies.single import default_device
+from tasktrain.trainer_args import TrainerArgs
+
+
+@dataclass
+class FitResult:
+    """What ``Trainer.fit`` returns.
+
+    ``metrics`` holds ``train_runtime`` (s), ``train_samples_per_second``,
+    ``train_steps_per_second``, ``train_tokens_per_second`` (when the module defines
+    ``count_items``), and the last value of every logged metric.
+    """
+
+    global_step: int
+    train_loss: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Trainer:
+    """Runs a :class:`~tasktrain.TaskModule`: ``fit``, ``validate``, ``test``, ``predict``.
+
+    Every argument is checked here, with a message naming the argument, the value and what is
+    accepted. See ``docs/trainer.md`` for each argument.
+
+    Example:
+        >>> import tasktrain as tt
+        >>> trainer = tt.Trainer(max_steps=100, accumulate_grad_batches=4, logger=False)
+        >>> trainer.fit_loop.epoch_loop.accumulate_grad_batches
+        4
+    """
+
+    def __init__(
+        self,
+        max_epochs: int | None = None,
+        max_steps: int | None = None,
+        accumulate_grad_batches: int = 1,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str = "norm",
+        precision: str = "32-true",
+        strategy: str | Strategy = "auto",
+        devices: int | str = 1,
+        num_nodes: int = 1,
+        accelerator: str = "auto",
+        callbacks: Sequence[Callback] | None = None,
+        logger: bool | Logger | Sequence[Logger] = True,
+        default_root_dir: str | os.PathLike[str] = "runs",
+        val_check_interval: int | float | None = None,
+        check_val_every_n_epoch: int | None = 1,
+        log_every_n_steps: int = 50,
+        enable_progress_bar: bool = True,
+        enable_checkpointing: bool = True,
+        limit_train_batches: int | float | None = None,
+        limit_val_batches: int | float | None = None,
+        seed: int | None = None,
+        deterministic: bool = False,
+        compile: bool = False,
+        on_nonfinite_loss: str = "raise",
+    ) -> None:
+        args = TrainerArgs(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        self.args = args
+        self.default_root_dir = str(args.default_root_dir)
+        self.log_every_n_steps = args.log_every_n_steps
+        self.strategy = _build_strategy(args)
+        self.callbacks = _build_callbacks(args)
+        self.loggers = _build_loggers(args)
+        self.state = TrainState()
+        self.fit_loop = FitLoop(
+            max_epochs=args.max_epochs if args.max_epochs is not None or args.max_steps is not None else 1,
+            max_steps=args.max_steps,
+            epoch_loop=EpochLoop(
+                accumulate_grad_batches=args.accumulate_grad_batches,
+                limit_batches=args.limit_train_batches,
+                val_check_interval=args.val_check_interval,
+                check_val_every_n_epoch=args.check_val_every_n_epoch,
+                log_every_n_steps=args.log_every_n_steps,
+                accumulation=AccumulationLoop(args.on_nonfinite_loss),
+                optimization=OptimizationStep(args.gradient_clip_val, args.gradient_clip_algorithm),
+                val_loop=EvaluationLoop("validate", args.limit_val_batches),
+            ),
+        )
+        self.validate_loop = EvaluationLoop("validate", args.limit_val_batches)
+        self.test_loop = EvaluationLoop("test")
+        self.predict_loop = PredictionLoop()
+        self.logs = LogBuffer(self.loggers, reduce=self.strategy.reduce)
+        self.module: TaskModule[Any] | None = None
+        self.optimizer: Optimizer | None = None
+        self.train_dataloader: DataLoader[Any] | None = None
+        self.val_dataloader: DataLoader[Any] | None = None
+        self._optim: OptimizerSetup | None = None
+        self._setup_done_for: TaskModule[Any] | None = None
+
+    # -- what callbacks and users read -----------------------------------------------------------
+    @property
+    def callback_metrics(self) -> dict[str, float]:
+        """The latest value of every logged metric."""
+        return self.logs.callback_metrics
+
+    @property
+    def progress_bar_metrics(self) -> dict[str, float]:
+        return self.logs.progress_bar_metrics
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.strategy.is_global_zero
+
+    @property
+    def steps_per_epoch(self) -> int | None:
+        """Optimizer steps per epoch (None when the training dataloader has no length)."""
+        if self.train_dataloader is None:
+            return None
+        batches = num_batches(self.train_dataloader, self.args.limit_train_batches)
+        return None if batches is None else steps_per_epoch(batches, self.args.accumulate_grad_batches)
+
+    @property
+    def estimated_stepping_batches(self) -> int | None:
+        """Total optimizer steps this fit will take (for schedulers such as OneCycleLR)."""
+        per_epoch, max_epochs, max_steps = self.steps_per_epoch, self.fit_loop.max_epochs, self.fit_loop.max_steps
+        by_epochs = per_epoch * max_epochs if per_epoch is not None and max_epochs is not None else None
+        candidates = [n for n in (by_epochs, max_steps) if n is not None]
+        return min(candidates) if candidates else None
+
+    @property
+    def samples_seen(self) -> int:
+        return self.fit_loop.epoch_loop.accumulation.samples_seen.value
+
+    @property
+    def items_seen(self) -> int:
+        return self.fit_loop.epoch_loop.accumulation.items_seen.value
+
+    @property
+    def counts_items(self) -> bool:
+        return self.module is not None and self.fit_loop.epoch_loop.accumulation._counts_items(self.module)
+
+    # -- entry points ----------------------------------------------------------------------------
+    def fit(
+        self,
+        module: TaskModule[Any],
+        train_dataloaders: DataLoader[Any] | None = None,
+        val_dataloaders: DataLoader[Any] | None = None,
+        ckpt_path: str | None = None,
+    ) -> FitResult:
+        """Train ``module``; return the final step, the mean training loss and speed metrics.
+
+        Example:
+            >>> result = Trainer(max_steps=10).fit(model, loader)  # doctest: +SKIP
+            >>> result.metrics["train_steps_per_second"]            # doctest: +SKIP
+        """
+        if ckpt_path is not None:
+            raise NotImplementedError("fit(ckpt_path=...): resuming from a checkpoint lands with the checkpoint issue")
+        with self._run(module, "fit"):
+            self.train_dataloader = train_dataloaders if train_dataloaders is not None else module.train_dataloader()
+            self.val_dataloader = val_dataloaders if val_dataloaders is not None else module.val_dataloader()
+            self._optim = parse_optimizers(module.configure_optimizers())
+            self._optim.optimizer = self.strategy.setup_optimizer(self._optim.optimizer)
+            self.optimizer = self._optim.optimizer
+            for logger in self.loggers:
+                logger.log_hyperparams(dict(module.hparams))
+            ctx = self._context(module)
+            self.logs.begin("train")
+            self.state.should_stop = False
+            self._call("on_fit_start")
+            start = time.perf_counter()
+            step0, samples0 = self.state.global_step, self.samples_seen
+            self.fit_loop.run(ctx)
+            runtime = time.perf_counter() - start
+            self._call("on_fit_end")
+            return self._fit_result(runtime, self.state.global_step - step0, self.samples_seen - samples0)
+
+    def validate(
+        self, module: TaskModule[Any], dataloaders: DataLoader[Any] | None = None, ckpt_path: str | None = None
+    ) -> list[dict[str, float]]:
+        """Run the validation loop once; return ``[metrics]`` logged with their epoch values."""
+        return self._evaluate(module, dataloaders, ckpt_path, "validate", self.validate_loop)
+
+    def test(
+        self, module: TaskModule[Any], dataloaders: DataLoader[Any] | None = None, ckpt_path: str | None = None
+    ) -> list[dict[str, float]]:
+        """Run the test loop once; return ``[metrics]``."""
+        return self._evaluate(module, dataloaders, ckpt_path, "test", self.test_loop)
+
+    def predict(
+        self, module: TaskModule[Any], dataloaders: DataLoader[Any] | None = None, ckpt_path: str | None = None
+    ) -> list[Any]:
+        """Return ``predict_step``'s output for every batch, in order."""
+        _reject_ckpt_path(ckpt_path)
+        with self._run(module, "predict"):
+            loader = dataloaders if dataloaders is not None else module.predict_dataloader()
+            return self.predict_loop.run(self._context(module), loader)
+
+    def save_checkpoint(self, path: str) -> None:
+        """Save weights, optimizer and trainer state to the directory ``path`` (local path or URL)."""
+        module = self._require_module("save_checkpoint")
+        state: dict[str, Any] = {
+            "global_step": self.state.global_step,
+            "epoch": self.state.epoch,
+            "loops": {"fit_loop": self.fit_loop.state_dict()},
+            "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks},
+            "hparams": dict(module.hparams),
+            "versions": {"tasktrain": __version__, "torch": torch.__version__},
+            "strategy": {"name": self.strategy.name, "world_size": self.strategy.world_size},
+        }
+        self._call("on_save_checkpoint", state)
+        optimizer_state: dict[str, Any] = {}
+        if self._optim is not None:
+            optimizer_state["optimizer"] = self.strategy.optimizer_state_dict(self._optim.optimizer)
+            if self._optim.scheduler is not None:
+                optimizer_state["scheduler"] = self._optim.scheduler.scheduler.state_dict()
+        optimizer_state["precision"] = self.strategy.precision.state_dict()
+        weights = self.strategy.module_state_dict(module)
+        if self.is_global_zero:
+            save_checkpoint(path, weights, optimizer_state, state)
+        self.strategy.barrier()
+
+    # -- internals -------------------------------------------------------------------------------
+    @contextmanager
+    def _run(self, module: TaskModule[Any], stage: str) -> Iterator[None]:
+        """Attach the module, set up the strategy, run, and always clean up (hooks see failures)."""
+        if not isinstance(module, TaskModule):
+            raise TypeError(f"Trainer.{stage}() expects a TaskModule, got {type(module).__name__}")
+        if self.args.seed is not None:
+            seed_everything(self.args.seed)
+        previous_determinism = torch.are_deterministic_algorithms_enabled()
+        if self.args.deterministic:
+            torch.use_deterministic_algorithms(True)
+        self.state.stage = stage
+        self._attach(module)
+        try:
+            yield
+        except BaseException as error:
+            self._call("on_exception", error)
+            raise
+        finally:
+            for logger in self.loggers:
+                logger.finalize()
+            self.state.stage = None
+            module._log_buffer = None
+            torch.use_deterministic_algorithms(previous_determinism)
+
+    def _attach(self, module: TaskModule[Any]) -> None:
+        self.module = module
+        module._trainer = self
+        module._log_buffer = self.logs
+        self.hooks = HookDispatcher(self, module, self.callbacks)
+        if self._setup_done_for is not module:
+            self.strategy.setup_environment()
+            with self.strategy.module_init_context():
+                module.configure_model()
+            self.strategy.setup_module(module)
+            self._setup_done_for = module
+
+    def _context(self, module: TaskModule[Any]) -> LoopContext:
+        return LoopContext(
+            module=module,
+            strategy=self.strategy,
+            hooks=self.hooks,
+            state=self.state,
+            logs=self.logs,
+            optim=self._optim,
+            train_dataloader=self.train_dataloader,
+            val_dataloader=self.val_dataloader,
+        )
+
+    def _evaluate(
+        self,
+        module: TaskModule[Any],
+        dataloaders: DataLoader[Any] | None,
+        ckpt_path: str | None,
+        stage: str,
+        loop: EvaluationLoop,
+    ) -> list[dict[str, float]]:
+        _reject_ckpt_path(ckpt_path)
+        with self._run(module, stage):
+            hook = module.val_dataloader if stage == "validate" else module.test_dataloader
+            loader = dataloaders if dataloaders is not None else hook()
+            if loader is None:
+                raise ValueError(
+                    f"Trainer.{stage}(): no dataloader; pass dataloaders= or implement {type(module).__name__}.val_dataloader()"
+                )
+            return [loop.run(self._context(module), loader)]
+
+    def _fit_result(self, runtime: float, steps: int, samples: int) -> FitResult:
+        metrics = dict(self.callback_metrics)
+        metrics["train_runtime"] = runtime
+        metrics["train_samples_per_second"] = samples / runtime if runtime > 0 else 0.0
+        metrics["train_steps_per_second"] = steps / runtime if runtime > 0 else 0.0
+        if self.counts_items:
+            metrics["train_tokens_per_second"] = self.items_seen / runtime if runtime > 0 else 0.0
+        train_loss = self.fit_loop.epoch_loop.losses.mean
+        metrics["train_loss"] = train_loss
+        return FitResult(global_step=self.state.global_step, train_loss=train_loss, metrics=metrics)
+
+    def _call(self, hook: str, *args: Any) -> None:
+        self.hooks.call(hook, *args)
+
+    def _require_module(self, what: str) -> TaskModule[Any]:
+        if self.module is None:
+            raise RuntimeError(f"Trainer.{what}() needs a module: call fit/validate/test/predict first")
+        return self.module
+
+
+def _reject_ckpt_path(ckpt_path: str | None) -> None:
+    if ckpt_path is not None:
+        raise NotImplementedError("ckpt_path=...: loading a checkpoint lands with the checkpoint issue")
+
+
+def _build_strategy(args: TrainerArgs) -> Strategy:
+    if not isinstance(args.strategy, Strategy):
+        return SingleDevice(default_device(args.accelerator), build_precision(args.precision))
+    if args.strategy.precision_given:
+        if args.precision != "32-true" and args.precision != args.strategy.precision.name:
+            raise ValueError(
+                f"Trainer(precision={args.precision!r}) conflicts with the strategy's own precision plugin "
+                f"{args.strategy.precision.name!r}; give precision in one place"
+            )
+    else:
+        args.strategy.precision = build_precision(args.precision)
+    return args.strategy
+
+
+def _build_callbacks(args: TrainerArgs) -> list[Callback]:
+    callbacks = list(args.callbacks or [])
+    if args.enable_progress_bar and not any(isinstance(cb, ProgressBar) for cb in callbacks):
+        callbacks.append(ProgressBar())
+    if args.enable_checkpointing and not any(isinstance(cb, ModelCheckpoint) for cb in callbacks):
+        callbacks.append(ModelCheckpoint())
+    return callbacks
+
+
+def _build_loggers(args: TrainerArgs) -> list[Logger]:
+    if args.logger is True:
+        return [CSVLogger(str(args.default_root_dir))]
+    if args.logger is False:
+        return []
+    if isinstance(args.logger, Logger):
+        return [args.logger]
+    return list(args.logger)
