@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -63,7 +64,9 @@ class TaskModule(nn.Module, Generic[BatchT]):
     def trainer(self) -> Trainer:
         """The trainer running this module (only while attached)."""
         if self._trainer is None:
-            raise RuntimeError(f"{type(self).__name__} is not attached to a Trainer; call Trainer.fit/validate.")
+            raise RuntimeError(
+                f"{type(self).__name__} is not attached to a Trainer; call Trainer.fit/validate."
+            )
         return self._trainer
 
     @property
@@ -79,9 +82,7 @@ class TaskModule(nn.Module, Generic[BatchT]):
     @property
     def device(self) -> torch.device:
         """The device of the module's first parameter or buffer (CPU if it has none)."""
-        for tensor in self.parameters():
-            return tensor.device
-        for tensor in self.buffers():
+        for tensor in itertools.chain(self.parameters(), self.buffers()):
             return tensor.device
         return torch.device("cpu")
 

@@ -68,7 +68,9 @@ def parse_optimizers(value: Any) -> OptimizerSetup:
                 f"configure_optimizers() returned unknown keys {sorted(unknown)}; accepted: 'optimizer', 'lr_scheduler'"
             )
         scheduler = value.get("lr_scheduler")
-        return OptimizerSetup(value["optimizer"], _parse_scheduler(scheduler) if scheduler is not None else None)
+        return OptimizerSetup(
+            value["optimizer"], _parse_scheduler(scheduler) if scheduler is not None else None
+        )
     raise TypeError(
         "configure_optimizers() must return an Optimizer, (optimizer, scheduler), or "
         f"{{'optimizer': ..., 'lr_scheduler': ...}}; got {type(value).__name__}"

@@ -92,7 +92,9 @@ class MixedPrecision(Precision):
         if closure is not None:
             raise ValueError("16-mixed does not support optimizers that need a closure (e.g. LBFGS)")
         self._unscaled.discard(id(optimizer))
-        scale_before = self.scaler.get_scale()  # host sync: the scale after update tells us whether it stepped
+        scale_before = (
+            self.scaler.get_scale()
+        )  # host sync: the scale after update tells us whether it stepped
         self.scaler.step(optimizer)
         self.scaler.update()
         return self.scaler.get_scale() >= scale_before

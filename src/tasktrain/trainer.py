@@ -151,7 +151,11 @@ class Trainer:
     @property
     def estimated_stepping_batches(self) -> int | None:
         """Total optimizer steps this fit will take (for schedulers such as OneCycleLR)."""
-        per_epoch, max_epochs, max_steps = self.steps_per_epoch, self.fit_loop.max_epochs, self.fit_loop.max_steps
+        per_epoch, max_epochs, max_steps = (
+            self.steps_per_epoch,
+            self.fit_loop.max_epochs,
+            self.fit_loop.max_steps,
+        )
         by_epochs = per_epoch * max_epochs if per_epoch is not None and max_epochs is not None else None
         candidates = [n for n in (by_epochs, max_steps) if n is not None]
         return min(candidates) if candidates else None
@@ -183,9 +187,13 @@ class Trainer:
             >>> result.metrics["train_steps_per_second"]            # doctest: +SKIP
         """
         if ckpt_path is not None:
-            raise NotImplementedError("fit(ckpt_path=...): resuming from a checkpoint lands with the checkpoint issue")
+            raise NotImplementedError(
+                "fit(ckpt_path=...): resuming from a checkpoint lands with the checkpoint issue"
+            )
         with self._run(module, "fit"):
-            self.train_dataloader = train_dataloaders if train_dataloaders is not None else module.train_dataloader()
+            self.train_dataloader = (
+                train_dataloaders if train_dataloaders is not None else module.train_dataloader()
+            )
             self.val_dataloader = val_dataloaders if val_dataloaders is not None else module.val_dataloader()
             self._optim = parse_optimizers(module.configure_optimizers())
             self._optim.optimizer = self.strategy.setup_optimizer(self._optim.optimizer)
@@ -204,19 +212,28 @@ class Trainer:
             return self._fit_result(runtime, self.state.global_step - step0, self.samples_seen - samples0)
 
     def validate(
-        self, module: TaskModule[Any], dataloaders: DataLoader[Any] | None = None, ckpt_path: str | None = None
+        self,
+        module: TaskModule[Any],
+        dataloaders: DataLoader[Any] | None = None,
+        ckpt_path: str | None = None,
     ) -> list[dict[str, float]]:
         """Run the validation loop once; return ``[metrics]`` logged with their epoch values."""
         return self._evaluate(module, dataloaders, ckpt_path, "validate", self.validate_loop)
 
     def test(
-        self, module: TaskModule[Any], dataloaders: DataLoader[Any] | None = None, ckpt_path: str | None = None
+        self,
+        module: TaskModule[Any],
+        dataloaders: DataLoader[Any] | None = None,
+        ckpt_path: str | None = None,
     ) -> list[dict[str, float]]:
         """Run the test loop once; return ``[metrics]``."""
         return self._evaluate(module, dataloaders, ckpt_path, "test", self.test_loop)
 
     def predict(
-        self, module: TaskModule[Any], dataloaders: DataLoader[Any] | None = None, ckpt_path: str | None = None
+        self,
+        module: TaskModule[Any],
+        dataloaders: DataLoader[Any] | None = None,
+        ckpt_path: str | None = None,
     ) -> list[Any]:
         """Return ``predict_step``'s output for every batch, in order."""
         _reject_ckpt_path(ckpt_path)

@@ -69,7 +69,9 @@ class TrainerArgs:
             or not isinstance(self.gradient_clip_val, (int, float))
             or self.gradient_clip_val <= 0
         ):
-            raise ValueError(f"Trainer(gradient_clip_val={self.gradient_clip_val!r}): must be a number > 0 or None")
+            raise ValueError(
+                f"Trainer(gradient_clip_val={self.gradient_clip_val!r}): must be a number > 0 or None"
+            )
         _interval("val_check_interval", self.val_check_interval, int_minimum=1)
         _interval("limit_train_batches", self.limit_train_batches, int_minimum=1)
         _interval("limit_val_batches", self.limit_val_batches, int_minimum=0)
@@ -113,7 +115,9 @@ class TrainerArgs:
         if isinstance(self.logger, (bool, Logger)):
             return
         if isinstance(self.logger, str) or not all(isinstance(lg, Logger) for lg in self.logger):
-            raise TypeError(f"Trainer(logger={self.logger!r}): accepted values are True, False, a Logger or a list of Loggers")
+            raise TypeError(
+                f"Trainer(logger={self.logger!r}): accepted values are True, False, a Logger or a list of Loggers"
+            )
 
 
 def _count(name: str, value: Any, minimum: int, optional: bool = False) -> None:

@@ -29,7 +29,9 @@ class ModelCheckpoint(Callback):
         >>> trainer = tt.Trainer(callbacks=[ModelCheckpoint(every_n_epochs=1, keep_last=3)])
     """
 
-    def __init__(self, dirpath: str | None = None, every_n_epochs: int | None = 1, keep_last: int | None = 1) -> None:
+    def __init__(
+        self, dirpath: str | None = None, every_n_epochs: int | None = 1, keep_last: int | None = 1
+    ) -> None:
         if every_n_epochs is not None and every_n_epochs < 1:
             raise ValueError(f"ModelCheckpoint(every_n_epochs={every_n_epochs!r}): must be >= 1 or None")
         if keep_last is not None and keep_last < 1:

@@ -61,12 +61,16 @@ class EarlyStopping(Callback):
     def _check(self, trainer: Trainer) -> None:
         metrics = trainer.callback_metrics
         if self.monitor not in metrics:
-            raise KeyError(f"EarlyStopping monitors {self.monitor!r}, which was not logged; logged: {sorted(metrics)}")
+            raise KeyError(
+                f"EarlyStopping monitors {self.monitor!r}, which was not logged; logged: {sorted(metrics)}"
+            )
         value = metrics[self.monitor]
         if self.check_finite and not math.isfinite(value):
             self._stop(trainer)
             return
-        improved = value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
+        improved = (
+            value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
+        )
         if improved:
             self.best, self.wait = value, 0
             return

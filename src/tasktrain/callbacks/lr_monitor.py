@@ -25,7 +25,9 @@ class LearningRateMonitor(Callback):
 
     def __init__(self, logging_interval: str = "step") -> None:
         if logging_interval not in _INTERVALS:
-            raise ValueError(f"LearningRateMonitor(logging_interval={logging_interval!r}): accepted {_INTERVALS}")
+            raise ValueError(
+                f"LearningRateMonitor(logging_interval={logging_interval!r}): accepted {_INTERVALS}"
+            )
         self.logging_interval = logging_interval
 
     @override

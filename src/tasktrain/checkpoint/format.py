@@ -37,7 +37,10 @@ M = TypeVar("M", bound="TaskModule[Any]")
 
 
 def save_checkpoint(
-    path: str, weights: Mapping[str, Tensor], optimizer_state: Mapping[str, Any], trainer_state: Mapping[str, Any]
+    path: str,
+    weights: Mapping[str, Tensor],
+    optimizer_state: Mapping[str, Any],
+    trainer_state: Mapping[str, Any],
 ) -> None:
     """Write a checkpoint directory at ``path`` (a local path or fsspec URL), atomically."""
     fs, root = url_to_fs(path)
@@ -115,7 +118,13 @@ def _weights_bytes(weights: Mapping[str, Tensor]) -> bytes:
     aliases: dict[str, str] = {}
     seen: dict[tuple[Any, ...], str] = {}
     for name, tensor in weights.items():
-        key = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.shape, tensor.stride())
+        key = (
+            tensor.device,
+            tensor.untyped_storage().data_ptr(),
+            tensor.storage_offset(),
+            tensor.shape,
+            tensor.stride(),
+        )
         if key in seen:
             aliases[name] = seen[key]
         else:

@@ -80,7 +80,12 @@ class CSVLogger(Logger):
 
 
 def _write_rows(
-    fs: fsspec.AbstractFileSystem, path: str, mode: str, columns: list[str], rows: list[dict[str, Any]], header: bool
+    fs: fsspec.AbstractFileSystem,
+    path: str,
+    mode: str,
+    columns: list[str],
+    rows: list[dict[str, Any]],
+    header: bool,
 ) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")

@@ -25,7 +25,7 @@ class ItemCounter:
     """A running total that stays on the device until read, so counting never syncs per step."""
 
     def __init__(self) -> None:
-        self._value: int | Tensor = 0
+        self._value: Any = 0  # an int, or a tensor once a count arrives as one
 
     def add(self, amount: int | Tensor) -> None:
         self._value = self._value + amount
@@ -101,26 +101,32 @@ class AccumulationLoop(Loop):
         return parts[0] if len(parts) == 1 else torch.stack(parts).sum()
 
     def _loss_weights(self, ctx: LoopContext, group: Sequence[tuple[int, Any]]) -> list[Any] | None:
-        counts = [ctx.module.count_items(batch) for _, batch in group] if self._counts_items(ctx.module) else None
+        counts = (
+            [ctx.module.count_items(batch) for _, batch in group] if self._counts_items(ctx.module) else None
+        )
         if counts is None or any(c is None for c in counts):
             return None if len(group) == 1 else [1.0 / len(group)] * len(group)
         dp_size = ctx.strategy.data_parallel_size
-        if dp_size == 1 and all(isinstance(c, int) for c in counts):  # plain numbers: no tensor work
-            total = sum(counts)
+        ints = [c for c in counts if isinstance(c, int)]
+        if dp_size == 1 and len(ints) == len(counts):  # plain numbers: no tensor work
+            total = sum(ints)
             self.items_seen.add(total)
-            return [c / total for c in counts]
+            return [c / total for c in ints]
         device = ctx.strategy.root_device
         local = torch.stack([torch.as_tensor(c, device=device).to(torch.int64).reshape(()) for c in counts])
         local_total = local.sum()
         self.items_seen.add(local_total)
         # Data-parallel strategies average gradients over ranks, hence the factor dp_size.
-        total = ctx.strategy.reduce(local_total, "sum")
-        return list((local * dp_size / total).float().unbind())
+        global_total = ctx.strategy.reduce(local_total, "sum")
+        return list((local * dp_size / global_total).float().unbind())
 
     def _counts_items(self, module: TaskModule[Any]) -> bool:
         cached = self._counts_items_cache
         if cached is None or cached[0] is not module:
-            cached = self._counts_items_cache = (module, is_overridden("count_items", module, parent=TaskModule))
+            cached = self._counts_items_cache = (
+                module,
+                is_overridden("count_items", module, parent=TaskModule),
+            )
         return cached[1]
 
     def _loss_of(self, outputs: Any, ctx: LoopContext, i: int, n: int, batch_idx: int) -> Tensor:

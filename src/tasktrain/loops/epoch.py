@@ -160,7 +160,9 @@ class EpochLoop(Loop):
         self.batch_progress.reset_current()
 
     def done(self, ctx: LoopContext) -> bool:
-        return ctx.state.should_stop or (self._max_steps is not None and ctx.state.global_step >= self._max_steps)
+        return ctx.state.should_stop or (
+            self._max_steps is not None and ctx.state.global_step >= self._max_steps
+        )
 
     def advance(self, ctx: LoopContext) -> None:
         """One optimizer step: accumulate a group, step, log and validate when due."""
@@ -181,7 +183,9 @@ class EpochLoop(Loop):
     def on_run_end(self, ctx: LoopContext) -> None:
         read = self.batch_progress.current.completed
         if self.exhausted and read == 0:
-            raise ValueError("the training dataloader yielded no batches (check its length and limit_train_batches)")
+            raise ValueError(
+                "the training dataloader yielded no batches (check its length and limit_train_batches)"
+            )
         if self._length is not None and read >= self._length:
             self.exhausted = True
         epoch = ctx.state.epoch

@@ -22,7 +22,9 @@ def limited(dataloader: Iterable[Any], limit: int | float | None) -> Iterable[An
         try:
             limit = int(len(dataloader) * limit)  # type: ignore[arg-type]
         except TypeError:
-            raise ValueError(f"batch limit {limit!r} is a fraction, but the dataloader has no length") from None
+            raise ValueError(
+                f"batch limit {limit!r} is a fraction, but the dataloader has no length"
+            ) from None
     return itertools.islice(dataloader, limit)
 
 

@@ -91,6 +91,6 @@ class FitLoop(Loop):
 def _set_epoch(dataloader: Any, epoch: int) -> None:
     """Tell the sampler which epoch it is (``DistributedSampler`` and friends reshuffle by epoch)."""
     for holder in (dataloader, getattr(dataloader, "batch_sampler", None)):
-        sampler = getattr(holder, "sampler", None)
-        if callable(getattr(sampler, "set_epoch", None)):
-            sampler.set_epoch(epoch)
+        set_epoch = getattr(getattr(holder, "sampler", None), "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)

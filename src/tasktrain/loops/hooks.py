@@ -124,4 +124,3 @@ class HookDispatcher:
     def has(self, name: str) -> bool:
         """Whether anyone overrides ``name``: lets loops skip work only a hook would need."""
         return bool(self._targets[name])
-

@@ -43,7 +43,9 @@ class OptimizationStep(Loop):
         if not skip:
             strategy.precision.unscale_gradients(optimizer)  # hooks and clipping see true gradients
             if self.gradient_clip_val is not None:
-                strategy.clip_gradients(ctx.module, optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
+                strategy.clip_gradients(
+                    ctx.module, optimizer, self.gradient_clip_val, self.gradient_clip_algorithm
+                )
             hooks.call("on_before_optimizer_step", optimizer)
             stepped = strategy.optimizer_step(optimizer)
         if stepped:
@@ -62,7 +64,7 @@ class OptimizationStep(Loop):
             return
         taken = self.progress.total.completed - self.skipped.total.completed + 1
         if taken % config.frequency == 0:
-            config.scheduler.step()
+            config.scheduler.step()  # type: ignore[call-arg]  # not a ReduceLROnPlateau: is_monitored is False
 
 
 def step_epoch_scheduler(config: SchedulerConfig | None, epochs_done: int) -> None:
@@ -70,7 +72,7 @@ def step_epoch_scheduler(config: SchedulerConfig | None, epochs_done: int) -> No
     if config is None or config.interval != "epoch" or config.is_monitored:
         return
     if epochs_done % config.frequency == 0:
-        config.scheduler.step()
+        config.scheduler.step()  # type: ignore[call-arg]  # not a ReduceLROnPlateau: is_monitored is False
 
 
 def step_monitored_scheduler(config: SchedulerConfig | None, metrics: Mapping[str, float]) -> None:

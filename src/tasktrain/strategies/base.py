@@ -109,7 +109,9 @@ class Strategy:
     def backward(self, loss: Tensor) -> None:
         self.precision.backward(loss)
 
-    def clip_gradients(self, module: nn.Module, optimizer: Optimizer, value: float, algorithm: str) -> Tensor | None:
+    def clip_gradients(
+        self, module: nn.Module, optimizer: Optimizer, value: float, algorithm: str
+    ) -> Tensor | None:
         """Clip by total norm (returns the norm before clipping) or by value (returns None)."""
         self.precision.unscale_gradients(optimizer)
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
