@@ -53,6 +53,14 @@ class Progress:
         c.processed += 1
         c.completed += 1
 
+    def mark_processed(self) -> None:
+        self.total.processed += 1
+        self.current.processed += 1
+
+    def mark_completed(self) -> None:
+        self.total.completed += 1
+        self.current.completed += 1
+
     def complete(self, n: int = 1) -> None:
         """Mark ``n`` items as having gone through every stage at once."""
         for counts in (self.total, self.current):

@@ -13,9 +13,13 @@ import torch
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from tasktrain import __version__
 from tasktrain.callbacks import Callback, ModelCheckpoint, ProgressBar
-from tasktrain.checkpoint import save_checkpoint
+from tasktrain.checkpoint.resume import (
+    resolve_ckpt_path,
+    restore_trainer_checkpoint,
+    restore_weights,
+    save_trainer_checkpoint,
+)
 from tasktrain.log_buffer import LogBuffer
 from tasktrain.loggers import CSVLogger, Logger
 from tasktrain.loops import (
@@ -186,10 +190,6 @@ class Trainer:
             >>> result = Trainer(max_steps=10).fit(model, loader)  # doctest: +SKIP
             >>> result.metrics["train_steps_per_second"]            # doctest: +SKIP
         """
-        if ckpt_path is not None:
-            raise NotImplementedError(
-                "fit(ckpt_path=...): resuming from a checkpoint lands with the checkpoint issue"
-            )
         with self._run(module, "fit"):
             self.train_dataloader = (
                 train_dataloaders if train_dataloaders is not None else module.train_dataloader()
@@ -198,6 +198,8 @@ class Trainer:
             self._optim = parse_optimizers(module.configure_optimizers())
             self._optim.optimizer = self.strategy.setup_optimizer(self._optim.optimizer)
             self.optimizer = self._optim.optimizer
+            if ckpt_path is not None:
+                restore_trainer_checkpoint(self, resolve_ckpt_path(ckpt_path, self.default_root_dir))
             for logger in self.loggers:
                 logger.log_hyperparams(dict(module.hparams))
             ctx = self._context(module)
@@ -236,34 +238,19 @@ class Trainer:
         ckpt_path: str | None = None,
     ) -> list[Any]:
         """Return ``predict_step``'s output for every batch, in order."""
-        _reject_ckpt_path(ckpt_path)
         with self._run(module, "predict"):
+            self._load_weights(ckpt_path)
             loader = dataloaders if dataloaders is not None else module.predict_dataloader()
             return self.predict_loop.run(self._context(module), loader)
 
     def save_checkpoint(self, path: str) -> None:
-        """Save weights, optimizer and trainer state to the directory ``path`` (local path or URL)."""
-        module = self._require_module("save_checkpoint")
-        state: dict[str, Any] = {
-            "global_step": self.state.global_step,
-            "epoch": self.state.epoch,
-            "loops": {"fit_loop": self.fit_loop.state_dict()},
-            "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks},
-            "hparams": dict(module.hparams),
-            "versions": {"tasktrain": __version__, "torch": torch.__version__},
-            "strategy": {"name": self.strategy.name, "world_size": self.strategy.world_size},
-        }
-        self._call("on_save_checkpoint", state)
-        optimizer_state: dict[str, Any] = {}
-        if self._optim is not None:
-            optimizer_state["optimizer"] = self.strategy.optimizer_state_dict(self._optim.optimizer)
-            if self._optim.scheduler is not None:
-                optimizer_state["scheduler"] = self._optim.scheduler.scheduler.state_dict()
-        optimizer_state["precision"] = self.strategy.precision.state_dict()
-        weights = self.strategy.module_state_dict(module)
-        if self.is_global_zero:
-            save_checkpoint(path, weights, optimizer_state, state)
-        self.strategy.barrier()
+        """Save everything needed to resume exactly to the directory ``path`` (local path or URL).
+
+        Example:
+            >>> trainer.save_checkpoint("runs/checkpoints/manual")  # doctest: +SKIP
+        """
+        self._require_module("save_checkpoint")
+        save_trainer_checkpoint(self, path)
 
     # -- internals -------------------------------------------------------------------------------
     @contextmanager
@@ -322,8 +309,8 @@ class Trainer:
         stage: str,
         loop: EvaluationLoop,
     ) -> list[dict[str, float]]:
-        _reject_ckpt_path(ckpt_path)
         with self._run(module, stage):
+            self._load_weights(ckpt_path)
             hook = module.val_dataloader if stage == "validate" else module.test_dataloader
             loader = dataloaders if dataloaders is not None else hook()
             if loader is None:
@@ -343,6 +330,10 @@ class Trainer:
         metrics["train_loss"] = train_loss
         return FitResult(global_step=self.state.global_step, train_loss=train_loss, metrics=metrics)
 
+    def _load_weights(self, ckpt_path: str | None) -> None:
+        if ckpt_path is not None:
+            restore_weights(self, resolve_ckpt_path(ckpt_path, self.default_root_dir))
+
     def _call(self, hook: str, *args: Any) -> None:
         self.hooks.call(hook, *args)
 
@@ -350,11 +341,6 @@ class Trainer:
         if self.module is None:
             raise RuntimeError(f"Trainer.{what}() needs a module: call fit/validate/test/predict first")
         return self.module
-
-
-def _reject_ckpt_path(ckpt_path: str | None) -> None:
-    if ckpt_path is not None:
-        raise NotImplementedError("ckpt_path=...: loading a checkpoint lands with the checkpoint issue")
 
 
 def _build_strategy(args: TrainerArgs) -> Strategy:

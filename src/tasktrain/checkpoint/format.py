@@ -3,37 +3,51 @@
 ::
 
     step=00000200/
-        model.safetensors     weights (tied tensors stored once, aliases in the metadata)
-        optimizer.pt          optimizer (+ scheduler, precision) state, loaded with weights_only=True
-        trainer_state.json    step, epoch, loop progress, callback states, hparams, versions
-
-The directory is written under a temporary name and renamed last, so a checkpoint either
-exists whole or not at all.
+        model.safetensors                 weights (tied tensors stored once, aliases in metadata)
+        (or model-00001-of-00003.safetensors ... + model.safetensors.index.json when sharded)
+        optimizer.pt                      optimizer, scheduler and precision-scaler state;
+                                          loaded with torch.load(weights_only=True)
+        rng.safetensors                   RNG state of every rank (tensors + JSON metadata)
+        trainer_state.json                step, epoch, loop progress, callback states, hparams,
+                                          versions, strategy and world size
+        manifest.json                     written last: the file list with sizes (see storage.py)
 """
 
 from __future__ import annotations
 
 import io
 import json
-import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from fsspec.core import url_to_fs
-from safetensors.torch import load as load_safetensors
+from fsspec.implementations.local import LocalFileSystem
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import load_file as load_safetensors_file
 from safetensors.torch import save as save_safetensors
 from torch import Tensor
+
+from tasktrain.checkpoint.storage import CheckpointWriter
+from tasktrain.rng import RngState
 
 if TYPE_CHECKING:
     from tasktrain.module import TaskModule
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
 OPTIMIZER = "optimizer.pt"
+RNG = "rng.safetensors"
 STATE = "trainer_state.json"
+DEFAULT_SHARD_BYTES = 2 * 1024**3
 
 M = TypeVar("M", bound="TaskModule[Any]")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete, corrupt, or does not fit what it is loaded into."""
 
 
 def save_checkpoint(
@@ -41,79 +55,133 @@ def save_checkpoint(
     weights: Mapping[str, Tensor],
     optimizer_state: Mapping[str, Any],
     trainer_state: Mapping[str, Any],
+    rng: Sequence[Mapping[str, RngState]] = (),
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
 ) -> None:
-    """Write a checkpoint directory at ``path`` (a local path or fsspec URL), atomically."""
-    fs, root = url_to_fs(path)
-    root = root.rstrip("/")
-    tmp = f"{root}.tmp-{uuid.uuid4().hex[:8]}"
-    fs.makedirs(tmp, exist_ok=True)
-    with fs.open(f"{tmp}/{WEIGHTS}", "wb") as f:
-        f.write(_weights_bytes(weights))
-    buffer = io.BytesIO()
-    torch.save(dict(optimizer_state), buffer)
-    with fs.open(f"{tmp}/{OPTIMIZER}", "wb") as f:
-        f.write(buffer.getvalue())
-    with fs.open(f"{tmp}/{STATE}", "w") as f:
-        json.dump({"format_version": FORMAT_VERSION, **trainer_state}, f, indent=2)
-    if fs.exists(root):
-        fs.rm(root, recursive=True)
-    fs.mv(tmp, root, recursive=True)
+    """Write a checkpoint directory at ``path`` (local path or fsspec URL); it appears atomically.
 
-
-def read_weights(path: str) -> dict[str, Tensor]:
-    """The weights of the checkpoint at ``path``, tied tensors restored."""
-    fs, root = url_to_fs(path)
-    file = f"{root.rstrip('/')}/{WEIGHTS}"
-    if not fs.exists(file):
-        raise FileNotFoundError(f"{path}: no {WEIGHTS} (is this a tasktrain checkpoint directory?)")
-    with fs.open(file, "rb") as f:
-        data = f.read()
-    try:
-        tensors = load_safetensors(data)
-        aliases = _read_aliases(data)
-    except Exception as err:  # safetensors raises its own error types for corrupt files
-        raise ValueError(f"{file} is not a readable safetensors file: {err}") from err
-    tensors.update({alias: tensors[source] for alias, source in aliases.items()})
-    return tensors
+    Args:
+        rng: per rank, named RNG snapshots (e.g. ``{"step": ..., "epoch_start": ...}``).
+        max_shard_bytes: weights above this size are split into several safetensors files.
+    """
+    with CheckpointWriter(path) as writer:
+        _write_weights(writer, weights, max_shard_bytes)
+        writer.write_with(OPTIMIZER, lambda f: torch.save(dict(optimizer_state), f))
+        if rng:
+            writer.write_bytes(RNG, _rng_bytes(rng))
+        state = {"format_version": FORMAT_VERSION, **trainer_state}
+        writer.write_bytes(STATE, json.dumps(state, indent=2).encode())
 
 
 def read_state(path: str) -> dict[str, Any]:
     """The ``trainer_state.json`` of the checkpoint at ``path``."""
-    fs, root = url_to_fs(path)
-    file = f"{root.rstrip('/')}/{STATE}"
-    if not fs.exists(file):
-        raise FileNotFoundError(f"{path}: no {STATE} (is this a tasktrain checkpoint directory?)")
-    with fs.open(file, "r") as f:
-        try:
-            state: dict[str, Any] = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{file} is not valid JSON: {err}") from err
+    data = _read(path, STATE)
+    try:
+        state: dict[str, Any] = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}/{STATE} is not valid JSON ({err}); the checkpoint is corrupt") from err
     if state.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{file}: checkpoint format version {state.get('format_version')!r}, this tasktrain reads {FORMAT_VERSION}"
+        raise CheckpointError(
+            f"{path}/{STATE}: checkpoint format version {state.get('format_version')!r}; "
+            f"this tasktrain reads version {FORMAT_VERSION}"
         )
     return state
+
+
+def read_weights(path: str) -> dict[str, Tensor]:
+    """The weights of the checkpoint at ``path`` (all shards), tied tensors restored."""
+    fs, root = url_to_fs(path)
+    root = root.rstrip("/")
+    if fs.exists(f"{root}/{WEIGHTS_INDEX}"):
+        index = json.loads(_read(path, WEIGHTS_INDEX))
+        files = sorted(set(index["weight_map"].values()))
+    else:
+        files = [WEIGHTS]
+    tensors: dict[str, Tensor] = {}
+    aliases: dict[str, str] = {}
+    for name in files:
+        loaded, metadata = _load_safetensors(path, name)
+        tensors.update(loaded)
+        aliases.update(json.loads(metadata.get("tasktrain.aliases", "{}")))
+    tensors.update({alias: tensors[source] for alias, source in aliases.items()})
+    return tensors
+
+
+def read_optimizer_state(path: str) -> dict[str, Any]:
+    """The optimizer/scheduler/precision state, loaded with ``weights_only=True`` (no code runs)."""
+    data = _read(path, OPTIMIZER)
+    try:
+        state: dict[str, Any] = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
+        raise CheckpointError(
+            f"{path}/{OPTIMIZER} could not be loaded safely ({type(err).__name__}: {err}); it is corrupt, "
+            "truncated, or holds objects other than tensors and plain data"
+        ) from err
+    return state
+
+
+def read_rng(path: str) -> list[dict[str, RngState]]:
+    """Per rank, the named RNG snapshots saved in the checkpoint (empty if none were saved)."""
+    fs, root = url_to_fs(path)
+    if not fs.exists(f"{root.rstrip('/')}/{RNG}"):
+        return []
+    tensors, metadata = _load_safetensors(path, RNG)
+    layout: list[list[str]] = json.loads(metadata["layout"])
+    return [
+        {name: RngState.from_tensors(tensors, metadata, f"{rank}.{name}.") for name in names}
+        for rank, names in enumerate(layout)
+    ]
 
 
 def load_module(cls: type[M], path: str, overrides: Mapping[str, Any]) -> M:
     """Build ``cls(**hparams, **overrides)`` and load the checkpoint's weights into it (strictly)."""
     hparams = read_state(path).get("hparams", {})
     module = cls(**{**hparams, **overrides})
-    weights = read_weights(path)
-    expected = module.state_dict()
-    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
-    wrong_shape = [k for k in expected if k in weights and weights[k].shape != expected[k].shape]
-    if missing or unexpected or wrong_shape:
-        raise ValueError(
-            f"{path}: weights do not match {cls.__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-            f"wrong shape {wrong_shape[:5]}"
-        )
-    module.load_state_dict(weights)
+    load_weights_into(module, read_weights(path), path)
     return module
 
 
-def _weights_bytes(weights: Mapping[str, Tensor]) -> bytes:
-    """safetensors bytes; tensors sharing storage (tied weights) are stored once, aliases in metadata."""
+def load_weights_into(module: torch.nn.Module, weights: Mapping[str, Tensor], path: str) -> None:
+    """``module.load_state_dict(weights)``, with an error naming every mismatch instead of a partial load."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    wrong_shape = [
+        f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in weights and weights[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or wrong_shape:
+        raise CheckpointError(
+            f"{path}: the weights do not fit {type(module).__name__} (a checkpoint of another model?): "
+            f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}, shape mismatches {wrong_shape[:5]}"
+        )
+    module.load_state_dict(weights)
+
+
+# -- weights ------------------------------------------------------------------------------------
+def _write_weights(writer: CheckpointWriter, weights: Mapping[str, Tensor], max_shard_bytes: int) -> None:
+    unique, aliases = _deduplicate(weights)
+    shards = _plan_shards(unique, max_shard_bytes)
+    metadata = {"tasktrain.aliases": json.dumps(aliases), "format": "pt"}
+    if len(shards) == 1:
+        writer.write_bytes(WEIGHTS, save_safetensors(_contiguous_cpu(unique), metadata=metadata))
+        return
+    weight_map: dict[str, str] = {}
+    for i, names in enumerate(shards, start=1):
+        file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        # One shard in host memory at a time: peak extra memory is one shard, never the whole model.
+        shard = _contiguous_cpu({name: unique[name] for name in names})
+        writer.write_bytes(file, save_safetensors(shard, metadata=metadata))
+        del shard
+        weight_map.update(dict.fromkeys(names, file))
+    total = sum(t.numel() * t.element_size() for t in unique.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    writer.write_bytes(WEIGHTS_INDEX, json.dumps(index, indent=2).encode())
+
+
+def _deduplicate(weights: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors that share storage (tied weights) are stored once; the others become aliases."""
     unique: dict[str, Tensor] = {}
     aliases: dict[str, str] = {}
     seen: dict[tuple[Any, ...], str] = {}
@@ -122,19 +190,79 @@ def _weights_bytes(weights: Mapping[str, Tensor]) -> bytes:
             tensor.device,
             tensor.untyped_storage().data_ptr(),
             tensor.storage_offset(),
-            tensor.shape,
+            tuple(tensor.shape),
             tensor.stride(),
         )
         if key in seen:
             aliases[name] = seen[key]
         else:
             seen[key] = name
-            unique[name] = tensor.detach().contiguous().cpu()
-    return save_safetensors(unique, metadata={"tasktrain.aliases": json.dumps(aliases)})
+            unique[name] = tensor
+    return unique, aliases
 
 
-def _read_aliases(data: bytes) -> dict[str, str]:
+def _plan_shards(tensors: Mapping[str, Tensor], max_bytes: int) -> list[list[str]]:
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    return shards
+
+
+def _contiguous_cpu(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
+
+
+# -- rng -----------------------------------------------------------------------------------------
+def _rng_bytes(per_rank: Sequence[Mapping[str, RngState]]) -> bytes:
+    tensors: dict[str, Tensor] = {}
+    metadata: dict[str, str] = {"layout": json.dumps([list(states) for states in per_rank])}
+    for rank, states in enumerate(per_rank):
+        for name, state in states.items():
+            t, m = state.to_tensors(f"{rank}.{name}.")
+            tensors.update(t)
+            metadata.update(m)
+    return save_safetensors(tensors, metadata=metadata)
+
+
+# -- reading files -------------------------------------------------------------------------------
+def _read(path: str, name: str) -> bytes:
+    fs, root = url_to_fs(path)
+    file = f"{root.rstrip('/')}/{name}"
+    if not fs.exists(file):
+        hint = "" if fs.exists(root) else " (the directory does not exist)"
+        raise FileNotFoundError(f"{path}: no {name}{hint}; is this a complete tasktrain checkpoint?")
+    with fs.open(file, "rb") as f:
+        data: bytes = f.read()
+    return data
+
+
+def _load_safetensors(path: str, name: str) -> tuple[dict[str, Tensor], dict[str, str]]:
+    fs, root = url_to_fs(path)
+    file = f"{root.rstrip('/')}/{name}"
+    try:
+        if isinstance(fs, LocalFileSystem) and fs.exists(file):
+            from safetensors import safe_open
+
+            with safe_open(file, framework="pt") as f:
+                metadata = f.metadata() or {}
+            return load_safetensors_file(file), metadata  # memory-mapped: the fastest local read
+        data = _read(path, name)
+        return load_safetensors_bytes(data), _safetensors_metadata(data)
+    except (SafetensorError, ValueError, json.JSONDecodeError, OSError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise CheckpointError(
+            f"{path}/{name} is not a readable safetensors file ({err}); it is corrupt or truncated"
+        ) from err
+
+
+def _safetensors_metadata(data: bytes) -> dict[str, str]:
     header_len = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + header_len])
-    aliases: dict[str, str] = json.loads(header.get("__metadata__", {}).get("tasktrain.aliases", "{}"))
-    return aliases
+    metadata: dict[str, str] = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
+    return metadata

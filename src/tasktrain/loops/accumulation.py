@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -86,7 +87,7 @@ class AccumulationLoop(Loop):
                 with strategy.autocast():
                     outputs = strategy.forward_step(module.training_step, batch, batch_idx)
                 loss = self._loss_of(outputs, ctx, i, len(group), batch_idx)
-                if not bool(torch.isfinite(loss)):  # host sync: one per micro-batch
+                if not math.isfinite(loss.item()):  # host sync: one per micro-batch
                     nonfinite = True
                     self._on_nonfinite(loss, ctx, i, len(group), batch_idx)
                 weighted = loss if weights is None else loss * weights[i]

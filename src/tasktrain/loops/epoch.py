@@ -5,15 +5,18 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from tasktrain.data import sampler_generator, skip_batches
 from tasktrain.loops.accumulation import AccumulationLoop
 from tasktrain.loops.base import Loop, LoopContext
 from tasktrain.loops.evaluation import EvaluationLoop
 from tasktrain.loops.optimization import OptimizationStep, step_monitored_scheduler
+from tasktrain.rng import RngState
 from tasktrain.state import Progress
 
 
@@ -93,6 +96,23 @@ class LossTracker:
         self._pending = []
 
 
+@dataclass
+class ResumePoint:
+    """Where a checkpoint left an epoch: how to put the data position and the RNGs back.
+
+    Args:
+        skip: micro-batches of the current epoch already trained on (0 at an epoch boundary).
+        epoch_start: RNG state when the interrupted epoch began (reproduces its shuffle order).
+        step: RNG state at the checkpoint (dropout etc. continue from here).
+        loader_restores_position: the dataloader reloaded its own position (``load_state_dict``).
+    """
+
+    skip: int = 0
+    epoch_start: RngState | None = None
+    step: RngState | None = None
+    loader_restores_position: bool = False
+
+
 class EpochLoop(Loop):
     """Walk the dataloader in groups of ``accumulate_grad_batches``; validate and log on cadence.
 
@@ -133,6 +153,9 @@ class EpochLoop(Loop):
         self._last_val_step = -1
         self._length: int | None = None
         self.exhausted = False  # whether the last run read all of its data
+        self.epoch_start_rng: RngState | None = None
+        self._resume: ResumePoint | None = None
+        self._rng_after_first_fetch: RngState | None = None
 
     # -- the skeleton ----------------------------------------------------------------------------
     def run(self, ctx: LoopContext, max_steps: int | None = None) -> None:
@@ -148,16 +171,37 @@ class EpochLoop(Loop):
         self.on_run_end(ctx)
 
     def reset(self, ctx: LoopContext) -> None:
-        assert ctx.train_dataloader is not None
-        limit = num_batches(ctx.train_dataloader, self.limit_batches)
-        batches: Iterable[Any] = ctx.train_dataloader
+        """Prepare the epoch's batches: from the start, or from where a checkpoint left off."""
+        loader = ctx.train_dataloader
+        assert loader is not None
+        limit = num_batches(loader, self.limit_batches)
+        resume, self._resume = self._resume, None
+        generator = sampler_generator(loader)
+        skip = resume.skip if resume is not None else 0
+        batches: Iterable[Any] = loader
+        if skip:  # mid-epoch: replay the epoch's shuffle from its start, then skip what was seen
+            assert resume is not None
+            if resume.epoch_start is not None:
+                resume.epoch_start.restore(generator)
+            self.epoch_start_rng = resume.epoch_start
+            self._rng_after_first_fetch = resume.step
+            if not resume.loader_restores_position:
+                batches = skip_batches(loader, skip)
+        else:
+            if resume is not None and resume.step is not None:
+                resume.step.restore(generator)
+            self.epoch_start_rng = RngState.capture(generator)  # ~100 µs, once per epoch
+            self.batch_progress.reset_current()
         if limit is not None:
-            batches = itertools.islice(batches, limit)
-        self._groups = _grouped(enumerate(batches), self.accumulate_grad_batches, ctx)
+            batches = itertools.islice(batches, max(0, limit - skip))
+        self._groups = _grouped(enumerate(batches, start=skip), self.accumulate_grad_batches, ctx)
         self._val_every = self._resolve_val_every(limit)
         self._length = limit
         self.exhausted = False
-        self.batch_progress.reset_current()
+
+    def resume_from(self, point: ResumePoint) -> None:
+        """Make the next ``run`` continue the epoch a checkpoint interrupted."""
+        self._resume = point
 
     def done(self, ctx: LoopContext) -> bool:
         return ctx.state.should_stop or (
@@ -168,6 +212,9 @@ class EpochLoop(Loop):
         """One optimizer step: accumulate a group, step, log and validate when due."""
         assert self._groups is not None
         group = next(self._groups)
+        if self._rng_after_first_fetch is not None:  # resumed: the shuffle is replayed, now continue the RNGs
+            self._rng_after_first_fetch.restore(sampler_generator(ctx.train_dataloader))
+            self._rng_after_first_fetch = None
         loss = self.accumulation.run(ctx, group)
         self.optimization.run(ctx, skip=loss is None)
         self.batch_progress.complete(len(group))
@@ -193,6 +240,13 @@ class EpochLoop(Loop):
         if n is not None and (epoch + 1) % n == 0 and self._last_val_step != ctx.state.global_step:
             self.run_validation(ctx)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "last_val_step": self._last_val_step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._last_val_step = int(state.get("last_val_step", -1))
+
     # -- pieces a replacement loop may reuse -----------------------------------------------------
     def flush_logs(self, ctx: LoopContext) -> None:
         """Write the step values logged since the last flush, with ``train/loss`` (mean since then)."""
@@ -207,7 +261,11 @@ class EpochLoop(Loop):
         if ctx.val_dataloader is None:
             return
         self._last_val_step = ctx.state.global_step
+        # Validation must not shift training's random streams (iterating a DataLoader draws a seed),
+        # so training is the same whatever the validation cadence, and resume stays exact.
+        rng = RngState.capture()
         metrics = self.val_loop.run(ctx, ctx.val_dataloader)
+        rng.restore()
         assert ctx.optim is not None
         step_monitored_scheduler(ctx.optim.scheduler, {**ctx.logs.callback_metrics, **metrics})
 

@@ -47,6 +47,7 @@ class FitLoop(Loop):
         self.max_steps = max_steps
         self.epoch_loop = epoch_loop or EpochLoop()
         self.epoch_progress = Progress()
+        self._epoch_end_pending = False
 
     def run(self, ctx: LoopContext) -> None:
         self.on_run_start(ctx)
@@ -70,19 +71,39 @@ class FitLoop(Loop):
         """One epoch."""
         state, hooks = ctx.state, ctx.hooks
         state.epoch = self.epoch_progress.total.completed
+        if self._epoch_end_pending:  # resumed from a checkpoint taken in on_train_epoch_end
+            self._epoch_end_pending = False
+            self._finish_epoch(ctx, {})
+            return
         _set_epoch(ctx.train_dataloader, state.epoch)
         self.epoch_progress.start()
         hooks.call("on_train_epoch_start")
         self.epoch_loop.run(ctx, self.max_steps)
+        if self.epoch_loop.exhausted:
+            self.epoch_progress.mark_processed()  # a checkpoint saved from here on resumes at the next epoch
         hooks.call("on_train_epoch_end")
         self.epoch_loop.flush_logs(ctx)
         metrics = ctx.logs.flush_epoch(state.global_step)
         if self.epoch_loop.exhausted:
-            self.epoch_progress.finish()
-            assert ctx.optim is not None
-            step_epoch_scheduler(ctx.optim.scheduler, self.epoch_progress.total.completed)
-            if ctx.val_dataloader is None:
-                step_monitored_scheduler(ctx.optim.scheduler, {**ctx.logs.callback_metrics, **metrics})
+            self._finish_epoch(ctx, metrics)
+
+    def _finish_epoch(self, ctx: LoopContext, metrics: dict[str, float]) -> None:
+        self.epoch_progress.mark_completed()
+        assert ctx.optim is not None
+        step_epoch_scheduler(ctx.optim.scheduler, self.epoch_progress.total.completed)
+        if ctx.val_dataloader is None:
+            step_monitored_scheduler(ctx.optim.scheduler, {**ctx.logs.callback_metrics, **metrics})
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore progress; an epoch whose data was all read but whose end was not reached is finished first."""
+        total = state.get("epoch_progress", {}).get("total", {})
+        self._epoch_end_pending = total.get("processed", 0) > total.get("completed", 0)
+        super().load_state_dict(state)
+
+    @property
+    def resumes_mid_epoch(self) -> bool:
+        """Whether the restored state stopped inside an epoch (its data partly read)."""
+        return not self._epoch_end_pending and self.epoch_loop.batch_progress.current.completed > 0
 
     def on_run_end(self, ctx: LoopContext) -> None:
         ctx.hooks.call("on_train_end")

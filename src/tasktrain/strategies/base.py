@@ -133,6 +133,10 @@ class Strategy:
         """Stack ``tensor`` from every rank along a new first dimension."""
         return tensor.unsqueeze(0)
 
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Collect a picklable object from every rank (rank order)."""
+        return [obj]
+
     def broadcast(self, obj: Any, src: int = 0) -> Any:
         return obj
 

@@ -1,0 +1,153 @@
+"""Saving a whole training run into a checkpoint directory, and putting it back exactly."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from tasktrain import __version__
+from tasktrain.checkpoint.format import (
+    CheckpointError,
+    load_weights_into,
+    read_optimizer_state,
+    read_rng,
+    read_state,
+    read_weights,
+    save_checkpoint,
+)
+from tasktrain.checkpoint.storage import find_last, is_complete
+from tasktrain.data import sampler_generator
+from tasktrain.loops.epoch import ResumePoint
+from tasktrain.rng import RngState
+
+if TYPE_CHECKING:
+    from tasktrain.trainer import Trainer
+
+
+def resolve_ckpt_path(ckpt_path: str, default_root_dir: str) -> str:
+    """``"last"`` → the newest complete checkpoint under ``default_root_dir``; else check ``ckpt_path``."""
+    if ckpt_path == "last":
+        found = find_last(default_root_dir)
+        if found is None:
+            raise FileNotFoundError(
+                f"ckpt_path='last': no complete checkpoint under default_root_dir={default_root_dir!r}"
+            )
+        return found
+    if not is_complete(ckpt_path):
+        raise CheckpointError(
+            f"ckpt_path={ckpt_path!r} is not a complete checkpoint: its manifest.json is missing or lists files "
+            "that are missing or truncated (an interrupted save, or not a tasktrain checkpoint directory)"
+        )
+    return ckpt_path
+
+
+def save_trainer_checkpoint(trainer: Trainer, path: str, max_shard_bytes: int | None = None) -> None:
+    """Everything needed to continue ``trainer``'s run exactly, written to the directory ``path``."""
+    module = trainer.module
+    assert module is not None
+    strategy = trainer.strategy
+    state: dict[str, Any] = {
+        "global_step": trainer.state.global_step,
+        "epoch": trainer.state.epoch,
+        "loops": {"fit_loop": trainer.fit_loop.state_dict()},
+        "callbacks": {cb.state_key: cb.state_dict() for cb in trainer.callbacks},
+        "callback_metrics": dict(trainer.callback_metrics),
+        "hparams": dict(module.hparams),
+        "versions": {"tasktrain": __version__, "torch": torch.__version__},
+        "strategy": {"name": strategy.name, "world_size": strategy.world_size},
+    }
+    loader = trainer.train_dataloader
+    loader_state = getattr(loader, "state_dict", None)
+    if callable(loader_state):
+        state["dataloader"] = _json_or_error(loader_state(), "the training dataloader's state_dict()")
+    trainer._call("on_save_checkpoint", state)
+    optimizer_state: dict[str, Any] = {"precision": strategy.precision.state_dict()}
+    setup = trainer._optim
+    if setup is not None:
+        optimizer_state["optimizer"] = strategy.optimizer_state_dict(setup.optimizer)
+        if setup.scheduler is not None:
+            optimizer_state["scheduler"] = setup.scheduler.scheduler.state_dict()
+    rng = {"step": RngState.capture(sampler_generator(loader))}
+    epoch_start = trainer.fit_loop.epoch_loop.epoch_start_rng
+    if epoch_start is not None:
+        rng["epoch_start"] = epoch_start
+    weights = strategy.module_state_dict(module)
+    rng_per_rank = strategy.all_gather_object(rng)
+    if strategy.is_global_zero:
+        kwargs = {} if max_shard_bytes is None else {"max_shard_bytes": max_shard_bytes}
+        save_checkpoint(path, weights, optimizer_state, state, rng=rng_per_rank, **kwargs)
+    strategy.barrier()
+
+
+def restore_weights(trainer: Trainer, path: str) -> dict[str, Any]:
+    """Load only the module's weights (for validate/test/predict); return the trainer state."""
+    module = trainer.module
+    assert module is not None
+    state = read_state(path)
+    load_weights_into(module, read_weights(path), path)
+    return state
+
+
+def restore_trainer_checkpoint(trainer: Trainer, path: str) -> None:
+    """Put weights, optimizer, scheduler, scaler, loops, callbacks, RNG and data position back."""
+    state = restore_weights(trainer, path)
+    _check_compatible(trainer, state, path)
+    optimizer_state = read_optimizer_state(path)
+    setup = trainer._optim
+    assert setup is not None
+    if "optimizer" in optimizer_state:
+        setup.optimizer.load_state_dict(optimizer_state["optimizer"])
+    if setup.scheduler is not None and "scheduler" in optimizer_state:
+        setup.scheduler.scheduler.load_state_dict(optimizer_state["scheduler"])
+    trainer.strategy.precision.load_state_dict(optimizer_state.get("precision", {}))
+    trainer.state.load_state_dict(state)
+    trainer.fit_loop.load_state_dict(state["loops"]["fit_loop"])
+    trainer.logs.callback_metrics.update(state.get("callback_metrics", {}))
+    saved_callbacks = state.get("callbacks", {})
+    for cb in trainer.callbacks:
+        if cb.state_key in saved_callbacks:
+            cb.load_state_dict(saved_callbacks[cb.state_key])
+    trainer._call("on_load_checkpoint", state)
+    trainer.fit_loop.epoch_loop.resume_from(_resume_point(trainer, state, path))
+
+
+def _resume_point(trainer: Trainer, state: dict[str, Any], path: str) -> ResumePoint:
+    rng_per_rank = read_rng(path)
+    rank = trainer.strategy.global_rank
+    rng = rng_per_rank[rank] if rank < len(rng_per_rank) else {}
+    loader = trainer.train_dataloader
+    restores_itself = "dataloader" in state and callable(getattr(loader, "load_state_dict", None))
+    if restores_itself:
+        loader.load_state_dict(state["dataloader"])  # type: ignore[union-attr]
+    skip = (
+        trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        if trainer.fit_loop.resumes_mid_epoch
+        else 0
+    )
+    return ResumePoint(
+        skip=skip,
+        epoch_start=rng.get("epoch_start"),
+        step=rng.get("step"),
+        loader_restores_position=restores_itself,
+    )
+
+
+def _check_compatible(trainer: Trainer, state: dict[str, Any], path: str) -> None:
+    saved_size = state.get("strategy", {}).get("world_size", 1)
+    if saved_size != trainer.strategy.world_size:
+        warnings.warn(
+            f"{path} was saved with world_size={saved_size}, this run has world_size={trainer.strategy.world_size}: "
+            "weights and optimizer are restored, but the data order and RNG streams differ, so the resume is not exact",
+            stacklevel=3,
+        )
+
+
+def _json_or_error(value: Any, what: str) -> Any:
+    try:
+        json.dumps(value)
+    except TypeError as err:
+        raise TypeError(f"{what} must be JSON-serialisable to be checkpointed: {err}") from err
+    return value

@@ -1,0 +1,99 @@
+"""Dataloader position: resume an epoch in the middle without loading the batches already seen."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import BatchSampler, DataLoader, IterableDataset, Sampler
+
+
+class SkipFirstBatches(Sampler[list[int]]):
+    """A batch sampler that drops the first ``skip`` batches of ``batch_sampler`` by index arithmetic.
+
+    For a ``BatchSampler`` the inner sampler's whole index order is drawn once (as the original
+    epoch drew it, so a shuffled order comes out the same from the same RNG state) and sliced, so
+    the cost does not depend on how far into the epoch we resume.
+
+    Example:
+        >>> sampler = BatchSampler(range(10), batch_size=3, drop_last=False)
+        >>> list(SkipFirstBatches(sampler, skip=2))
+        [[6, 7, 8], [9]]
+    """
+
+    def __init__(self, batch_sampler: Iterable[list[int]], skip: int) -> None:
+        self.batch_sampler = batch_sampler
+        self.skip = skip
+
+    def __len__(self) -> int:
+        return max(0, len(self.batch_sampler) - self.skip)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        inner = self.batch_sampler
+        if type(inner) is BatchSampler:
+            indices = list(inner.sampler)
+            start = self.skip * inner.batch_size
+            for i in range(start, len(indices), inner.batch_size):
+                batch = indices[i : i + inner.batch_size]
+                if len(batch) < inner.batch_size and inner.drop_last:
+                    return
+                yield batch
+        else:
+            yield from itertools.islice(iter(inner), self.skip, None)
+
+
+def skip_batches(dataloader: Iterable[Any], skip: int) -> Iterable[Any]:
+    """``dataloader`` without its first ``skip`` batches, loading none of them when it can.
+
+    A plain ``DataLoader`` over a map-style dataset gets a :class:`SkipFirstBatches` batch
+    sampler. Anything else (an ``IterableDataset``, a custom loader class) can only be skipped by
+    reading: that is warned about, since it costs time and is exact only if the data comes in
+    the same order again.
+    """
+    if skip == 0:
+        return dataloader
+    if (
+        type(dataloader) is DataLoader
+        and not isinstance(dataloader.dataset, IterableDataset)
+        and dataloader.batch_sampler is not None
+    ):
+        return _with_batch_sampler(dataloader, SkipFirstBatches(dataloader.batch_sampler, skip))
+    warnings.warn(
+        f"resuming mid-epoch: {type(dataloader).__name__} cannot skip batches by index, so the first {skip} "
+        "batches of this epoch are read and dropped; the resume is exact only if the data comes in the same "
+        "order (give the loader state_dict()/load_state_dict(), or use a map-style dataset)",
+        stacklevel=2,
+    )
+    return itertools.islice(dataloader, skip, None)
+
+
+def sampler_generator(dataloader: Iterable[Any] | None) -> torch.Generator | None:
+    """The ``torch.Generator`` that shuffles ``dataloader``, if it has its own (else the global RNG does)."""
+    for holder in (dataloader, getattr(dataloader, "batch_sampler", None)):
+        generator = getattr(getattr(holder, "sampler", None), "generator", None)
+        if isinstance(generator, torch.Generator):
+            return generator
+    return None
+
+
+def _with_batch_sampler(loader: DataLoader[Any], batch_sampler: Sampler[list[int]]) -> DataLoader[Any]:
+    """A copy of ``loader`` that draws its batches of indices from ``batch_sampler``."""
+    options: dict[str, Any] = {
+        "num_workers": loader.num_workers,
+        "collate_fn": loader.collate_fn,
+        "pin_memory": loader.pin_memory,
+        "timeout": loader.timeout,
+        "worker_init_fn": loader.worker_init_fn,
+        "multiprocessing_context": loader.multiprocessing_context,
+        "generator": loader.generator,
+        "persistent_workers": loader.persistent_workers,
+        "pin_memory_device": loader.pin_memory_device,
+    }
+    if loader.num_workers > 0:
+        options["prefetch_factor"] = loader.prefetch_factor
+    if hasattr(loader, "in_order"):
+        options["in_order"] = loader.in_order
+    return DataLoader(loader.dataset, batch_sampler=batch_sampler, **options)
