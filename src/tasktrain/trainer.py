@@ -13,7 +13,7 @@ import torch
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from tasktrain.callbacks import Callback, ModelCheckpoint, ProgressBar
+from tasktrain.callbacks import Callback, ModelCheckpoint, Preemption, ProgressBar
 from tasktrain.checkpoint.resume import (
     resolve_ckpt_path,
     restore_trainer_checkpoint,
@@ -243,14 +243,16 @@ class Trainer:
             loader = dataloaders if dataloaders is not None else module.predict_dataloader()
             return self.predict_loop.run(self._context(module), loader)
 
-    def save_checkpoint(self, path: str) -> None:
+    def save_checkpoint(self, path: str, max_shard_bytes: int | None = None) -> None:
         """Save everything needed to resume exactly to the directory ``path`` (local path or URL).
+
+        Weights larger than ``max_shard_bytes`` (default 2 GiB) are split into safetensors shards.
 
         Example:
             >>> trainer.save_checkpoint("runs/checkpoints/manual")  # doctest: +SKIP
         """
         self._require_module("save_checkpoint")
-        save_trainer_checkpoint(self, path)
+        save_trainer_checkpoint(self, path, max_shard_bytes)
 
     # -- internals -------------------------------------------------------------------------------
     @contextmanager
@@ -363,6 +365,8 @@ def _build_callbacks(args: TrainerArgs) -> list[Callback]:
         callbacks.append(ProgressBar())
     if args.enable_checkpointing and not any(isinstance(cb, ModelCheckpoint) for cb in callbacks):
         callbacks.append(ModelCheckpoint())
+    if args.enable_checkpointing and not any(isinstance(cb, Preemption) for cb in callbacks):
+        callbacks.append(Preemption())
     return callbacks
 
 

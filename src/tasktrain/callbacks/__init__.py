@@ -4,7 +4,17 @@ from tasktrain.callbacks.base import Callback
 from tasktrain.callbacks.checkpoint import ModelCheckpoint
 from tasktrain.callbacks.early_stopping import EarlyStopping
 from tasktrain.callbacks.lr_monitor import LearningRateMonitor
+from tasktrain.callbacks.preemption import EXIT_PREEMPTED, Preemption
 from tasktrain.callbacks.progress import ProgressBar
 from tasktrain.callbacks.throughput import Throughput
 
-__all__ = ["Callback", "EarlyStopping", "LearningRateMonitor", "ModelCheckpoint", "ProgressBar", "Throughput"]
+__all__ = [
+    "EXIT_PREEMPTED",
+    "Callback",
+    "EarlyStopping",
+    "LearningRateMonitor",
+    "ModelCheckpoint",
+    "Preemption",
+    "ProgressBar",
+    "Throughput",
+]

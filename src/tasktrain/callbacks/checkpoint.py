@@ -1,77 +1,195 @@
-"""``ModelCheckpoint``: save checkpoints at the end of epochs and of fit."""
+"""``ModelCheckpoint``: when to save checkpoints, and which ones to keep."""
 
 from __future__ import annotations
 
+import math
+import time
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from fsspec.core import url_to_fs
 from typing_extensions import override
 
 from tasktrain.callbacks.base import Callback
+from tasktrain.checkpoint.storage import remove
 
 if TYPE_CHECKING:
     from tasktrain.module import TaskModule
     from tasktrain.trainer import Trainer
 
+_MODES = ("min", "max")
+
 
 class ModelCheckpoint(Callback):
-    """Save ``{dirpath}/step={global_step:08d}`` every ``every_n_epochs`` epochs and at the end of fit.
+    """Save checkpoints on a cadence; keep the newest ``keep_last`` and the best ``save_top_k``.
 
-    Only the newest ``keep_last`` checkpoints are kept (None keeps all).
+    The two retention policies are independent: a checkpoint is deleted only when it is neither
+    among the newest ``keep_last`` nor among the ``save_top_k`` best by ``monitor``. The newest
+    checkpoint and the best one are never deleted. A NaN metric is never best.
 
     Args:
         dirpath: where to save (default ``{default_root_dir}/checkpoints``); any fsspec URL.
-        every_n_epochs: save after every this many epochs (None: only at the end of fit).
-        keep_last: how many of the newest checkpoints to keep.
+        filename: a template with ``{step}``, ``{epoch}`` and logged metrics, e.g.
+            ``"step={step:08d}-{val/loss:.3f}"`` (``/`` in metric names may be written ``_``).
+        every_n_train_steps: save after every this many optimizer steps.
+        every_n_epochs: save at the end of every this many epochs.
+        train_time_interval: save when this much time (a ``timedelta`` or seconds) has passed.
+        save_last: also save at the end of fit.
+        keep_last: how many of the newest checkpoints to keep (None: all).
+        monitor: the metric that ranks checkpoints for ``save_top_k``.
+        mode: ``"min"`` or ``"max"``: which direction of ``monitor`` is better.
+        save_top_k: how many of the best checkpoints to keep (-1: all).
+        max_shard_bytes: split weights into safetensors shards of at most this size.
 
     Example:
-        >>> import tasktrain as tt
-        >>> trainer = tt.Trainer(callbacks=[ModelCheckpoint(every_n_epochs=1, keep_last=3)])
+        >>> ckpt = ModelCheckpoint(every_n_train_steps=500, keep_last=2, monitor="val/loss", save_top_k=3)
     """
 
     def __init__(
-        self, dirpath: str | None = None, every_n_epochs: int | None = 1, keep_last: int | None = 1
+        self,
+        dirpath: str | None = None,
+        filename: str = "step={step:08d}",
+        every_n_train_steps: int | None = None,
+        every_n_epochs: int | None = 1,
+        train_time_interval: timedelta | float | None = None,
+        save_last: bool = True,
+        keep_last: int | None = 1,
+        monitor: str | None = None,
+        mode: str = "min",
+        save_top_k: int = 1,
+        max_shard_bytes: int | None = None,
     ) -> None:
-        if every_n_epochs is not None and every_n_epochs < 1:
-            raise ValueError(f"ModelCheckpoint(every_n_epochs={every_n_epochs!r}): must be >= 1 or None")
-        if keep_last is not None and keep_last < 1:
-            raise ValueError(f"ModelCheckpoint(keep_last={keep_last!r}): must be >= 1 or None")
+        _check_optional_count("every_n_train_steps", every_n_train_steps)
+        _check_optional_count("every_n_epochs", every_n_epochs)
+        _check_optional_count("keep_last", keep_last)
+        if mode not in _MODES:
+            raise ValueError(f"ModelCheckpoint(mode={mode!r}): accepted values are {list(_MODES)}")
+        if save_top_k < -1:
+            raise ValueError(
+                f"ModelCheckpoint(save_top_k={save_top_k!r}): accepted values are -1 (all) or >= 0"
+            )
+        if "{step" not in filename:
+            raise ValueError(
+                f"ModelCheckpoint(filename={filename!r}): the template must contain {{step}} so names stay unique"
+            )
+        seconds = (
+            train_time_interval.total_seconds()
+            if isinstance(train_time_interval, timedelta)
+            else train_time_interval
+        )
+        if seconds is not None and seconds <= 0:
+            raise ValueError(f"ModelCheckpoint(train_time_interval={train_time_interval!r}): must be > 0")
         self.dirpath = dirpath
+        self.filename = filename
+        self.every_n_train_steps = every_n_train_steps
         self.every_n_epochs = every_n_epochs
+        self.train_time_interval = seconds
+        self.save_last = save_last
         self.keep_last = keep_last
-        self.saved: list[str] = []
+        self.monitor = monitor
+        self.mode = mode
+        self.save_top_k = save_top_k
+        self.max_shard_bytes = max_shard_bytes
+        self.saved: list[dict[str, Any]] = []  # oldest first: {"path", "step", "score"}
         self._last_saved_step = -1
+        self._last_time = time.monotonic()
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        """The best saved checkpoint by ``monitor`` (None without a monitor or a finite score)."""
+        ranked = self._ranked()
+        return ranked[0] if ranked else None
+
+    @property
+    def last(self) -> str | None:
+        """The path of the newest checkpoint this callback saved."""
+        return self.saved[-1]["path"] if self.saved else None
+
+    # -- when to save ----------------------------------------------------------------------------
+    @override
+    def on_train_start(self, trainer: Trainer, module: TaskModule[Any]) -> None:
+        self._last_time = time.monotonic()
+
+    @override
+    def on_train_step_end(self, trainer: Trainer, module: TaskModule[Any]) -> None:
+        step = trainer.state.global_step
+        if (self.every_n_train_steps is not None and step % self.every_n_train_steps == 0) or (
+            self.train_time_interval is not None
+            and time.monotonic() - self._last_time >= self.train_time_interval
+        ):
+            self.save(trainer)
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, module: TaskModule[Any]) -> None:
         n = self.every_n_epochs
         if n is not None and (trainer.state.epoch + 1) % n == 0:
-            self._save(trainer)
+            self.save(trainer)
 
     @override
     def on_fit_end(self, trainer: Trainer, module: TaskModule[Any]) -> None:
-        self._save(trainer)
+        if self.save_last:
+            self.save(trainer)
 
-    def _save(self, trainer: Trainer) -> None:
+    def save(self, trainer: Trainer) -> str | None:
+        """Save now (once per step), then apply retention. Returns the path, or None if already saved."""
         step = trainer.state.global_step
         if step == self._last_saved_step:
-            return
-        dirpath = self.dirpath or f"{trainer.default_root_dir}/checkpoints"
-        path = f"{dirpath.rstrip('/')}/step={step:08d}"
-        trainer.save_checkpoint(path)
+            return None
+        dirpath = (self.dirpath or f"{trainer.default_root_dir}/checkpoints").rstrip("/")
+        path = f"{dirpath}/{self._format_name(trainer)}"
+        trainer.save_checkpoint(path, max_shard_bytes=self.max_shard_bytes)
         self._last_saved_step = step
-        self.saved.append(path)
-        if self.keep_last is not None and trainer.is_global_zero:
-            while len(self.saved) > self.keep_last:
-                old = self.saved.pop(0)
-                fs, old_path = url_to_fs(old)
-                if fs.exists(old_path):
-                    fs.rm(old_path, recursive=True)
+        self._last_time = time.monotonic()
+        self.saved = [entry for entry in self.saved if entry["path"] != path]
+        self.saved.append({"path": path, "step": step, "score": self._score(trainer)})
+        if trainer.is_global_zero:
+            self._apply_retention()
+        return path
+
+    # -- what to keep ----------------------------------------------------------------------------
+    def _apply_retention(self) -> None:
+        keep = {self.saved[-1]["path"]}  # the newest, always
+        if self.keep_last is not None:
+            keep.update(entry["path"] for entry in self.saved[-self.keep_last :])
+        else:
+            keep.update(entry["path"] for entry in self.saved)
+        ranked = self._ranked()
+        if self.monitor is not None:
+            top = ranked if self.save_top_k == -1 else ranked[: max(self.save_top_k, 1)]  # the best, always
+            keep.update(entry["path"] for entry in top)
+        for entry in [e for e in self.saved if e["path"] not in keep]:
+            remove(entry["path"])
+            self.saved.remove(entry)
+
+    def _ranked(self) -> list[dict[str, Any]]:
+        scored = [e for e in self.saved if e["score"] is not None]
+        return sorted(scored, key=lambda e: e["score"], reverse=self.mode == "max")
+
+    def _score(self, trainer: Trainer) -> float | None:
+        value = trainer.callback_metrics.get(self.monitor) if self.monitor is not None else None
+        return value if value is not None and not math.isnan(value) else None  # NaN is never best
+
+    def _format_name(self, trainer: Trainer) -> str:
+        metrics = trainer.callback_metrics
+        values: dict[str, Any] = {"step": trainer.state.global_step, "epoch": trainer.state.epoch}
+        values.update(metrics)
+        values.update({name.replace("/", "_"): value for name, value in metrics.items()})
+        try:
+            return self.filename.format(**values).replace("/", "_")
+        except KeyError as err:
+            raise KeyError(
+                f"ModelCheckpoint(filename={self.filename!r}) uses {err}, which was not logged; logged: {sorted(metrics)}"
+            ) from None
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"saved": list(self.saved), "last_saved_step": self._last_saved_step}
+        return {"saved": [dict(e) for e in self.saved], "last_saved_step": self._last_saved_step}
 
     @override
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.saved, self._last_saved_step = list(state["saved"]), int(state["last_saved_step"])
+        self.saved = [dict(e) for e in state["saved"]]
+        self._last_saved_step = int(state["last_saved_step"])
+
+
+def _check_optional_count(name: str, value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"ModelCheckpoint({name}={value!r}): accepted values are None or an int >= 1")

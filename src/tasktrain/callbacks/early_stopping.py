@@ -84,8 +84,11 @@ class EarlyStopping(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "wait": self.wait, "stopped_at_step": self.stopped_at_step}
+        best = self.best if math.isfinite(self.best) else None  # checkpoints hold strict JSON
+        return {"best": best, "wait": self.wait, "stopped_at_step": self.stopped_at_step}
 
     @override
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best, self.wait, self.stopped_at_step = state["best"], state["wait"], state["stopped_at_step"]
+        initial = math.inf if self.mode == "min" else -math.inf
+        self.best = state["best"] if state["best"] is not None else initial
+        self.wait, self.stopped_at_step = state["wait"], state["stopped_at_step"]

@@ -70,7 +70,7 @@ def save_checkpoint(
         if rng:
             writer.write_bytes(RNG, _rng_bytes(rng))
         state = {"format_version": FORMAT_VERSION, **trainer_state}
-        writer.write_bytes(STATE, json.dumps(state, indent=2).encode())
+        writer.write_bytes(STATE, _strict_json(state, path).encode())
 
 
 def read_state(path: str) -> dict[str, Any]:
@@ -216,6 +216,15 @@ def _plan_shards(tensors: Mapping[str, Tensor], max_bytes: int) -> list[list[str
 
 def _contiguous_cpu(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
+
+
+def _strict_json(state: Mapping[str, Any], path: str) -> str:
+    try:
+        return json.dumps(state, indent=2, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"saving {path}: the trainer state must be plain JSON (callback state_dict()s and hparams included): {err}"
+        ) from err
 
 
 # -- rng -----------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +55,7 @@ def save_trainer_checkpoint(trainer: Trainer, path: str, max_shard_bytes: int | 
         "epoch": trainer.state.epoch,
         "loops": {"fit_loop": trainer.fit_loop.state_dict()},
         "callbacks": {cb.state_key: cb.state_dict() for cb in trainer.callbacks},
-        "callback_metrics": dict(trainer.callback_metrics),
+        "callback_metrics": {k: v for k, v in trainer.callback_metrics.items() if math.isfinite(v)},
         "hparams": dict(module.hparams),
         "versions": {"tasktrain": __version__, "torch": torch.__version__},
         "strategy": {"name": strategy.name, "world_size": strategy.world_size},

@@ -97,7 +97,7 @@ class AccumulationLoop(Loop):
             hooks.call("on_train_batch_end", outputs, batch, batch_idx)
             parts.append(weighted.detach())
             self.progress.finish()
-        if self.on_nonfinite_loss == "skip" and _any_rank(ctx, nonfinite):
+        if self.on_nonfinite_loss == "skip" and strategy.any_rank(nonfinite):  # all ranks skip together
             return None
         return parts[0] if len(parts) == 1 else torch.stack(parts).sum()
 
@@ -156,10 +156,3 @@ class AccumulationLoop(Loop):
 def _loss_hook(module: TaskModule[Any]) -> str:
     name = "training_step" if is_overridden("training_step", module, parent=TaskModule) else "compute_loss"
     return f"{type(module).__name__}.{name}"
-
-
-def _any_rank(ctx: LoopContext, flag: bool) -> bool:
-    """Whether ``flag`` is set on any rank (a collective, so all ranks agree to skip together)."""
-    if ctx.strategy.world_size == 1:
-        return flag
-    return bool(ctx.strategy.reduce(torch.tensor(float(flag), device=ctx.strategy.root_device), "max").item())

@@ -133,6 +133,10 @@ class Strategy:
         """Stack ``tensor`` from every rank along a new first dimension."""
         return tensor.unsqueeze(0)
 
+    def any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` is set on any rank (a collective when there are several)."""
+        return flag
+
     def all_gather_object(self, obj: Any) -> list[Any]:
         """Collect a picklable object from every rank (rank order)."""
         return [obj]
