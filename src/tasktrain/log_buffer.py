@@ -82,12 +82,14 @@ class LogBuffer:
     def begin(self, stage: str) -> None:
         """Start collecting epoch values for ``stage`` ("train", "validate", "test") from scratch."""
         self.stage = stage
+        self.current_batch = None
         self._epoch_values[stage] = {}
         self._epoch_metrics[stage] = {}
 
     def resume(self, stage: str) -> None:
         """Go back to ``stage`` (e.g. training after a mid-epoch validation), keeping its values."""
         self.stage = stage
+        self.current_batch = None
         self._epoch_values.setdefault(stage, {})
         self._epoch_metrics.setdefault(stage, {})
 

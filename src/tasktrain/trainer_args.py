@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,7 +57,8 @@ class TrainerArgs:
         _count("log_every_n_steps", self.log_every_n_steps, minimum=1)
         _count("check_val_every_n_epoch", self.check_val_every_n_epoch, minimum=1, optional=True)
         _count("num_nodes", self.num_nodes, minimum=1)
-        _count("seed", self.seed, minimum=0, optional=True)
+        if self.seed is not None and (type(self.seed) is not int or not 0 <= self.seed < 2**32):
+            raise ValueError(f"Trainer(seed={self.seed!r}): accepted values are None or an int >= 0 and < 2**32")
         _choice("gradient_clip_algorithm", self.gradient_clip_algorithm, CLIP_ALGORITHMS)
         _choice("precision", self.precision, tuple(PRECISIONS))
         _choice("accelerator", self.accelerator, ACCELERATORS)
@@ -64,13 +66,16 @@ class TrainerArgs:
         for name in ("enable_progress_bar", "enable_checkpointing", "deterministic", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"Trainer({name}={getattr(self, name)!r}): must be True or False")
-        if self.gradient_clip_val is not None and (
-            isinstance(self.gradient_clip_val, bool)
-            or not isinstance(self.gradient_clip_val, (int, float))
-            or self.gradient_clip_val <= 0
+        clip = self.gradient_clip_val
+        if clip is not None and (
+            isinstance(clip, bool) or not isinstance(clip, (int, float)) or not (0 < clip < math.inf)
         ):
             raise ValueError(
-                f"Trainer(gradient_clip_val={self.gradient_clip_val!r}): must be a number > 0 or None"
+                f"Trainer(gradient_clip_val={clip!r}): accepted values are a finite number > 0 or None"
+            )
+        if not isinstance(self.default_root_dir, (str, os.PathLike)):
+            raise TypeError(
+                f"Trainer(default_root_dir={self.default_root_dir!r}): accepted values are a path or an fsspec URL string"
             )
         _interval("val_check_interval", self.val_check_interval, int_minimum=1)
         _interval("limit_train_batches", self.limit_train_batches, int_minimum=1)
@@ -97,35 +102,46 @@ class TrainerArgs:
                     "or a Strategy object"
                 )
             _choice("strategy", self.strategy, STRATEGY_NAMES + PLANNED_STRATEGIES)
-        if self.devices not in (1, "auto"):
-            if isinstance(self.devices, int) and not isinstance(self.devices, bool) and self.devices > 1:
-                raise NotImplementedError(
-                    f"Trainer(devices={self.devices}): several devices need a data-parallel strategy, "
-                    "which is not implemented yet; use devices=1"
-                )
-            raise ValueError(f"Trainer(devices={self.devices!r}): accepted values are an int >= 1 or 'auto'")
+        devices = self.devices
+        if devices == "auto" or (type(devices) is int and devices == 1):
+            return
+        if type(devices) is int and devices > 1:
+            raise NotImplementedError(
+                f"Trainer(devices={devices}): several devices need a data-parallel strategy, "
+                "which is not implemented yet; use devices=1"
+            )
+        raise ValueError(f"Trainer(devices={devices!r}): accepted values are an int >= 1 or 'auto'")
 
     def _check_callbacks_and_loggers(self) -> None:
-        if self.callbacks is not None:
-            bad = [cb for cb in self.callbacks if not isinstance(cb, Callback)]
-            if bad or isinstance(self.callbacks, (str, Callback)):
-                raise TypeError(
-                    f"Trainer(callbacks=...): expected a list of Callback instances, got {bad or self.callbacks!r}"
-                )
-        if isinstance(self.logger, (bool, Logger)):
-            return
-        if isinstance(self.logger, str) or not all(isinstance(lg, Logger) for lg in self.logger):
+        callbacks = self.callbacks
+        if callbacks is not None and not _is_sequence_of(callbacks, Callback):
             raise TypeError(
-                f"Trainer(logger={self.logger!r}): accepted values are True, False, a Logger or a list of Loggers"
+                f"Trainer(callbacks={callbacks!r}): accepted values are None or a list of Callback instances"
             )
+        if isinstance(self.logger, (bool, Logger)) or _is_sequence_of(self.logger, Logger):
+            return
+        raise TypeError(
+            f"Trainer(logger={self.logger!r}): accepted values are True, False, a Logger or a list of Loggers"
+        )
 
 
-def _count(name: str, value: Any, minimum: int, optional: bool = False) -> None:
+def _is_sequence_of(value: Any, kind: type) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(item, kind) for item in value)
+
+
+def _count(name: str, value: Any, minimum: int, optional: bool = False, maximum: int | None = None) -> None:
     if value is None and optional:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        accepted = f"an int >= {minimum}" + (" or None" if optional else "")
-        raise ValueError(f"Trainer({name}={value!r}): accepted values are {accepted}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
+        accepted = f"an int >= {minimum}" if maximum is None else f"an int in [{minimum}, {maximum}]"
+        raise ValueError(
+            f"Trainer({name}={value!r}): accepted values are {accepted}" + (" or None" if optional else "")
+        )
 
 
 def _choice(name: str, value: Any, accepted: tuple[str, ...]) -> None:

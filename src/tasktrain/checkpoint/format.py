@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
@@ -26,9 +27,9 @@ from fsspec.implementations.local import LocalFileSystem
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import load_file as load_safetensors_file
-from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
+from tasktrain.checkpoint.safetensors_io import write_safetensors
 from tasktrain.checkpoint.storage import CheckpointWriter
 from tasktrain.rng import RngState
 
@@ -165,14 +166,17 @@ def _write_weights(writer: CheckpointWriter, weights: Mapping[str, Tensor], max_
     shards = _plan_shards(unique, max_shard_bytes)
     metadata = {"tasktrain.aliases": json.dumps(aliases), "format": "pt"}
     if len(shards) == 1:
-        writer.write_bytes(WEIGHTS, save_safetensors(_contiguous_cpu(unique), metadata=metadata))
+        writer.write_with(
+            WEIGHTS, partial(write_safetensors, tensors=_contiguous_cpu(unique), metadata=metadata)
+        )
         return
     weight_map: dict[str, str] = {}
     for i, names in enumerate(shards, start=1):
         file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        # One shard in host memory at a time: peak extra memory is one shard, never the whole model.
+        # Tensors stream from their own memory; only device (or non-contiguous) tensors are copied
+        # to host, one shard at a time, so peak extra memory is at most one shard.
         shard = _contiguous_cpu({name: unique[name] for name in names})
-        writer.write_bytes(file, save_safetensors(shard, metadata=metadata))
+        writer.write_with(file, partial(write_safetensors, tensors=shard, metadata=metadata))
         del shard
         weight_map.update(dict.fromkeys(names, file))
     total = sum(t.numel() * t.element_size() for t in unique.values())
@@ -236,7 +240,9 @@ def _rng_bytes(per_rank: Sequence[Mapping[str, RngState]]) -> bytes:
             t, m = state.to_tensors(f"{rank}.{name}.")
             tensors.update(t)
             metadata.update(m)
-    return save_safetensors(tensors, metadata=metadata)
+    buffer = io.BytesIO()
+    write_safetensors(buffer, tensors, metadata)
+    return buffer.getvalue()
 
 
 # -- reading files -------------------------------------------------------------------------------

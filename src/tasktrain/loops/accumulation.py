@@ -16,6 +16,16 @@ from tasktrain.module import TaskModule
 from tasktrain.state import Progress
 
 _NONFINITE_POLICIES = ("raise", "skip")
+_NO_ITEMS: Any = object()  # the weight of a micro-batch that holds no loss items: it is skipped
+
+
+def _as_int(count: Any) -> int | None:
+    """A count as a Python int when that needs no device sync (an int, or a CPU tensor)."""
+    if isinstance(count, int):
+        return count
+    if isinstance(count, Tensor) and count.device.type == "cpu":
+        return int(count)
+    return None
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -82,6 +92,12 @@ class AccumulationLoop(Loop):
         for i, (batch_idx, batch) in enumerate(group):
             self.progress.start()
             self.samples_seen.add(batch_size_of(batch))
+            if (
+                weights is not None and weights[i] is _NO_ITEMS
+            ):  # nothing to learn; a mean over 0 items is NaN
+                self.progress.finish()
+                continue
+            ctx.logs.current_batch = batch  # epoch values logged in training_step are weighted by its size
             hooks.call("on_train_batch_start", batch, batch_idx)
             with strategy.no_backward_sync(i < last):
                 with strategy.autocast():
@@ -99,6 +115,8 @@ class AccumulationLoop(Loop):
             self.progress.finish()
         if self.on_nonfinite_loss == "skip" and strategy.any_rank(nonfinite):  # all ranks skip together
             return None
+        if not parts:  # every micro-batch had zero items: no update
+            return None
         return parts[0] if len(parts) == 1 else torch.stack(parts).sum()
 
     def _loss_weights(self, ctx: LoopContext, group: Sequence[tuple[int, Any]]) -> list[Any] | None:
@@ -108,11 +126,11 @@ class AccumulationLoop(Loop):
         if counts is None or any(c is None for c in counts):
             return None if len(group) == 1 else [1.0 / len(group)] * len(group)
         dp_size = ctx.strategy.data_parallel_size
-        ints = [c for c in counts if isinstance(c, int)]
-        if dp_size == 1 and len(ints) == len(counts):  # plain numbers: no tensor work
+        ints = [n for n in map(_as_int, counts) if n is not None]
+        if dp_size == 1 and len(ints) == len(counts):  # plain numbers: no tensor work, no sync
             total = sum(ints)
             self.items_seen.add(total)
-            return [c / total for c in ints]
+            return [n / total if n else _NO_ITEMS for n in ints]
         device = ctx.strategy.root_device
         local = torch.stack([torch.as_tensor(c, device=device).to(torch.int64).reshape(()) for c in counts])
         local_total = local.sum()

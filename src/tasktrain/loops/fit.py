@@ -31,7 +31,7 @@ class FitLoop(Loop):
                 on_train_step_end
                 log every log_every_n_steps; validate every val_check_interval
             validate every check_val_every_n_epoch
-            on_train_epoch_end; log epoch values; scheduler.step (per-epoch)
+            log epoch values; on_train_epoch_end; scheduler.step (per-epoch)
         on_train_end
 
     Example:
@@ -81,11 +81,15 @@ class FitLoop(Loop):
         self.epoch_loop.run(ctx, self.max_steps)
         if self.epoch_loop.exhausted:
             self.epoch_progress.mark_processed()  # a checkpoint saved from here on resumes at the next epoch
+        metrics = self._flush_logs(ctx)  # so on_train_epoch_end sees this epoch's values
         hooks.call("on_train_epoch_end")
-        self.epoch_loop.flush_logs(ctx)
-        metrics = ctx.logs.flush_epoch(state.global_step)
+        metrics.update(self._flush_logs(ctx))  # values logged inside on_train_epoch_end
         if self.epoch_loop.exhausted:
             self._finish_epoch(ctx, metrics)
+
+    def _flush_logs(self, ctx: LoopContext) -> dict[str, float]:
+        self.epoch_loop.flush_logs(ctx)
+        return ctx.logs.flush_epoch(ctx.state.global_step)
 
     def _finish_epoch(self, ctx: LoopContext, metrics: dict[str, float]) -> None:
         self.epoch_progress.mark_completed()

@@ -1,0 +1,33 @@
+"""``import tasktrain`` stays light: optional and heavy dependencies load only when used."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import tasktrain as tt
+
+LAZY = ("torchmetrics", "deepspeed", "jsonargparse", "optuna", "tensorboard")
+
+
+def _imported_after(statement: str) -> list[str]:
+    code = f"import sys\n{statement}\nprint(','.join(m for m in {LAZY!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return [m for m in out.stdout.strip().split(",") if m]
+
+
+def test_import_tasktrain_does_not_import_optional_dependencies():
+    assert _imported_after("import tasktrain") == []
+
+
+def test_importing_the_public_subpackages_stays_light():
+    statement = (
+        "import tasktrain, tasktrain.callbacks, tasktrain.loggers, tasktrain.loops, tasktrain.checkpoint"
+    )
+    assert _imported_after(statement) == []
+
+
+def test_public_names():
+    assert set(tt.__all__) == {"FitResult", "TaskModule", "Trainer", "__version__", "seed_everything"}
+    for name in tt.__all__:
+        assert hasattr(tt, name)
