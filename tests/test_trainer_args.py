@@ -84,9 +84,8 @@ def test_bad_argument_message(name: str, value: Any, accepted: list[str]):
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
     [
-        (dict(strategy="ddp"), "strategy='ddp'"),
         (dict(strategy="fsdp"), "strategy='fsdp'"),
-        (dict(devices=2), "devices=2"),
+        (dict(strategy="deepspeed"), "strategy='deepspeed'"),
         (dict(num_nodes=2), "num_nodes=2"),
         (dict(compile=True), "compile=True"),
     ],

@@ -8,7 +8,14 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, IterableDataset, Sampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    DistributedSampler,
+    IterableDataset,
+    RandomSampler,
+    Sampler,
+)
 
 
 class SkipFirstBatches(Sampler[list[int]]):
@@ -68,6 +75,33 @@ def skip_batches(dataloader: Iterable[Any], skip: int) -> Iterable[Any]:
         stacklevel=2,
     )
     return itertools.islice(dataloader, skip, None)
+
+
+def with_distributed_sampler(
+    dataloader: Iterable[Any], num_replicas: int, rank: int, seed: int = 0
+) -> Iterable[Any]:
+    """``dataloader`` reading only this rank's shard, through a ``DistributedSampler``.
+
+    The loader's ``batch_size`` stays per rank; shuffling is kept if the loader shuffled.
+    Loaders that already use a ``DistributedSampler``, iterable datasets and custom loader
+    classes are returned unchanged (they shard themselves).
+    """
+    if (
+        type(dataloader) is not DataLoader
+        or isinstance(dataloader.dataset, IterableDataset)
+        or isinstance(dataloader.sampler, DistributedSampler)
+        or dataloader.batch_sampler is None
+        or type(dataloader.batch_sampler) is not BatchSampler
+    ):
+        return dataloader
+    shuffle = isinstance(dataloader.sampler, RandomSampler)
+    sampler: DistributedSampler[Any] = DistributedSampler(
+        dataloader.dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed
+    )
+    batch_sampler = BatchSampler(
+        sampler, dataloader.batch_sampler.batch_size, dataloader.batch_sampler.drop_last
+    )
+    return _with_batch_sampler(dataloader, batch_sampler)
 
 
 def sampler_generator(dataloader: Iterable[Any] | None) -> torch.Generator | None:

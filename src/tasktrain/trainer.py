@@ -32,13 +32,14 @@ from tasktrain.loops import (
     OptimizationStep,
     PredictionLoop,
 )
-from tasktrain.loops.epoch import num_batches, steps_per_epoch
+from tasktrain.loops.epoch import global_mean, num_batches, steps_per_epoch
 from tasktrain.module import TaskModule
 from tasktrain.optim import OptimizerSetup, parse_optimizers
 from tasktrain.precision import build_precision
 from tasktrain.seed import seed_everything
 from tasktrain.state import TrainState
-from tasktrain.strategies import SingleDevice, Strategy
+from tasktrain.strategies import DDP, SingleDevice, Strategy
+from tasktrain.strategies.launcher import spawn
 from tasktrain.strategies.single import default_device
 from tasktrain.trainer_args import TrainerArgs
 
@@ -190,11 +191,19 @@ class Trainer:
             >>> result = Trainer(max_steps=10).fit(model, loader)  # doctest: +SKIP
             >>> result.metrics["train_steps_per_second"]            # doctest: +SKIP
         """
-        with self._run(module, "fit"):
-            self.train_dataloader = (
-                train_dataloaders if train_dataloaders is not None else module.train_dataloader()
+        if self.strategy.needs_launch:  # devices=N: run this fit in N new processes
+            payload = spawn(
+                _fit_in_worker,
+                (self, module, train_dataloaders, val_dataloaders, ckpt_path),
+                self.strategy.num_processes,
             )
-            self.val_dataloader = val_dataloaders if val_dataloaders is not None else module.val_dataloader()
+            return self._adopt_worker_result(module, payload)
+        with self._run(module, "fit"):
+            seed = self.args.seed or 0
+            train = train_dataloaders if train_dataloaders is not None else module.train_dataloader()
+            val = val_dataloaders if val_dataloaders is not None else module.val_dataloader()
+            self.train_dataloader = self.strategy.process_dataloader(train, seed)
+            self.val_dataloader = self.strategy.process_dataloader(val, seed) if val is not None else None
             self._optim = parse_optimizers(module.configure_optimizers())
             self._optim.optimizer = self.strategy.setup_optimizer(self._optim.optimizer)
             self.optimizer = self._optim.optimizer
@@ -255,6 +264,15 @@ class Trainer:
         save_trainer_checkpoint(self, path, max_shard_bytes)
 
     # -- internals -------------------------------------------------------------------------------
+    def _adopt_worker_result(self, module: TaskModule[Any], payload: dict[str, Any]) -> FitResult:
+        """Make this (launching) process look as if it had run the fit: weights, state, metrics."""
+        module.load_state_dict(payload["weights"])
+        self.module = module
+        self.state.load_state_dict(payload["state"])
+        self.fit_loop.load_state_dict(payload["fit_loop"])
+        self.logs.callback_metrics.update(payload["callback_metrics"])
+        return FitResult(**payload["result"])
+
     @contextmanager
     def _run(self, module: TaskModule[Any], stage: str) -> Iterator[None]:
         """Attach the module, set up the strategy, run, and always clean up (hooks see failures)."""
@@ -328,7 +346,7 @@ class Trainer:
         metrics["train_steps_per_second"] = steps / runtime if runtime > 0 else 0.0
         if self.counts_items:
             metrics["train_tokens_per_second"] = self.items_seen / runtime if runtime > 0 else 0.0
-        train_loss = self.fit_loop.epoch_loop.losses.mean
+        train_loss = global_mean(self._context(self._require_module("fit")), self.fit_loop.epoch_loop.losses.mean)
         metrics["train_loss"] = train_loss
         return FitResult(global_step=self.state.global_step, train_loss=train_loss, metrics=metrics)
 
@@ -345,8 +363,37 @@ class Trainer:
         return self.module
 
 
+def _fit_in_worker(
+    trainer: Trainer,
+    module: TaskModule[Any],
+    train_dataloaders: DataLoader[Any] | None,
+    val_dataloaders: DataLoader[Any] | None,
+    ckpt_path: str | None,
+) -> dict[str, Any]:
+    """One rank's fit, started by :func:`~tasktrain.strategies.launcher.spawn`; returns plain data."""
+    try:
+        result = trainer.fit(module, train_dataloaders, val_dataloaders, ckpt_path)
+        weights = {k: v.detach().cpu() for k, v in trainer.strategy.module_state_dict(module).items()}
+        return {
+            "result": {
+                "global_step": result.global_step,
+                "train_loss": result.train_loss,
+                "metrics": result.metrics,
+            },
+            "weights": weights,
+            "state": trainer.state.state_dict(),
+            "fit_loop": trainer.fit_loop.state_dict(),
+            "callback_metrics": dict(trainer.callback_metrics),
+        }
+    finally:
+        trainer.strategy.teardown()
+
+
 def _build_strategy(args: TrainerArgs) -> Strategy:
     if not isinstance(args.strategy, Strategy):
+        devices = args.devices if isinstance(args.devices, int) else 1
+        if args.strategy == "ddp" or (args.strategy == "auto" and devices > 1):
+            return DDP(devices, args.accelerator, precision=build_precision(args.precision))
         return SingleDevice(default_device(args.accelerator), build_precision(args.precision))
     if args.strategy.precision_given:
         if args.precision != "32-true" and args.precision != args.strategy.precision.name:

@@ -8,14 +8,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from tasktrain.callbacks.base import Callback
 from tasktrain.loggers.base import Logger
 from tasktrain.precision import PRECISIONS
 from tasktrain.strategies.base import Strategy
 
-STRATEGY_NAMES = ("auto", "single")
+STRATEGY_NAMES = ("auto", "single", "ddp")
 #: Strategy names that exist in the design but are not implemented yet.
-PLANNED_STRATEGIES = ("ddp", "fsdp", "deepspeed", "tp")
+PLANNED_STRATEGIES = ("fsdp", "deepspeed", "tp")
 ACCELERATORS = ("auto", "cpu", "cuda", "mps")
 CLIP_ALGORITHMS = ("norm", "value")
 NONFINITE_POLICIES = ("raise", "skip")
@@ -58,7 +60,9 @@ class TrainerArgs:
         _count("check_val_every_n_epoch", self.check_val_every_n_epoch, minimum=1, optional=True)
         _count("num_nodes", self.num_nodes, minimum=1)
         if self.seed is not None and (type(self.seed) is not int or not 0 <= self.seed < 2**32):
-            raise ValueError(f"Trainer(seed={self.seed!r}): accepted values are None or an int >= 0 and < 2**32")
+            raise ValueError(
+                f"Trainer(seed={self.seed!r}): accepted values are None or an int >= 0 and < 2**32"
+            )
         _choice("gradient_clip_algorithm", self.gradient_clip_algorithm, CLIP_ALGORITHMS)
         _choice("precision", self.precision, tuple(PRECISIONS))
         _choice("accelerator", self.accelerator, ACCELERATORS)
@@ -105,12 +109,20 @@ class TrainerArgs:
         devices = self.devices
         if devices == "auto" or (type(devices) is int and devices == 1):
             return
-        if type(devices) is int and devices > 1:
-            raise NotImplementedError(
-                f"Trainer(devices={devices}): several devices need a data-parallel strategy, "
-                "which is not implemented yet; use devices=1"
+        if type(devices) is not int or devices < 1:
+            raise ValueError(f"Trainer(devices={devices!r}): accepted values are an int >= 1 or 'auto'")
+        if self.strategy == "single":
+            raise ValueError(
+                f"Trainer(devices={devices}) with strategy='single': use strategy='ddp' (or 'auto')"
             )
-        raise ValueError(f"Trainer(devices={devices!r}): accepted values are an int >= 1 or 'auto'")
+        if isinstance(self.strategy, Strategy):
+            raise ValueError(
+                f"Trainer(devices={devices}) with a Strategy object: give the process count to the strategy itself"
+            )
+        wants_cuda = self.accelerator == "cuda" or (self.accelerator == "auto" and torch.cuda.is_available())
+        available = torch.cuda.device_count() if wants_cuda else None
+        if available is not None and devices > available:
+            raise ValueError(f"Trainer(devices={devices}): only {available} CUDA devices are available")
 
     def _check_callbacks_and_loggers(self) -> None:
         callbacks = self.callbacks

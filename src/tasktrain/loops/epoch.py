@@ -253,7 +253,7 @@ class EpochLoop(Loop):
         extra: dict[str, float] = {}
         mean = self.losses.interval_mean()
         if mean is not None and not ctx.logs.has_step_value("train/loss"):
-            extra["train/loss"] = mean
+            extra["train/loss"] = global_mean(ctx, mean)
         ctx.logs.flush_step(ctx.state.global_step, extra)
 
     def run_validation(self, ctx: LoopContext) -> None:
@@ -285,6 +285,13 @@ class EpochLoop(Loop):
                 "dataloader has no length; pass an int (optimizer steps) instead"
             )
         return max(1, int(steps_per_epoch(limit, self.accumulate_grad_batches) * self.val_check_interval))
+
+
+def global_mean(ctx: LoopContext, value: float) -> float:
+    """The mean of ``value`` over all ranks (a collective when there are several)."""
+    if ctx.strategy.world_size == 1:
+        return value
+    return float(ctx.strategy.reduce(torch.tensor(value, device=ctx.strategy.root_device), "mean"))
 
 
 def _grouped(

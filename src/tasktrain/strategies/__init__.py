@@ -1,6 +1,8 @@
 """Strategies own placement and synchronisation: swap one object, keep the same module."""
 
 from tasktrain.strategies.base import Strategy
+from tasktrain.strategies.ddp import DDP
+from tasktrain.strategies.parallel import ParallelStrategy
 from tasktrain.strategies.single import SingleDevice
 
-__all__ = ["SingleDevice", "Strategy"]
+__all__ = ["DDP", "ParallelStrategy", "SingleDevice", "Strategy"]

@@ -75,6 +75,19 @@ class Strategy:
         rank_zero_only.rank = self.global_rank  # type: ignore[attr-defined]
         self.precision.setup(self.root_device)
 
+    @property
+    def needs_launch(self) -> bool:
+        """Whether ``fit`` must first start the other processes of the job (see ``launcher.spawn``)."""
+        return False
+
+    @property
+    def num_processes(self) -> int:
+        return 1
+
+    def process_dataloader(self, dataloader: Any, seed: int = 0) -> Any:
+        """The dataloader as this rank should read it (data-parallel strategies shard it)."""
+        return dataloader
+
     def setup_module(self, module: nn.Module) -> nn.Module:
         """Move (and, in subclasses, wrap or shard) the module; return what the loops call."""
         return self.precision.convert_module(module).to(self.root_device)

@@ -1,0 +1,64 @@
+"""``DDP``: data parallelism with ``DistributedDataParallel``, one full model copy per process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from tasktrain.precision import Precision
+from tasktrain.strategies.parallel import ParallelStrategy
+
+
+class _StepRouter(nn.Module):
+    """Lets a wrapper's ``forward`` run any module step, so DDP's forward hooks see every step."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, step: Callable[[Any, int], Any], batch: Any, batch_idx: int) -> Any:
+        return step(batch, batch_idx)
+
+
+class DDP(ParallelStrategy):
+    """Each rank holds the whole model and a disjoint shard of the data; gradients are averaged.
+
+    Gradient sync is skipped (``no_sync``) on all but the last micro-batch of an accumulation
+    group. Extra keyword arguments go to ``DistributedDataParallel``.
+
+    Example:
+        >>> import tasktrain as tt
+        >>> trainer = tt.Trainer(strategy="ddp", devices=2)  # doctest: +SKIP
+    """
+
+    name = "ddp"
+
+    def __init__(
+        self,
+        num_processes: int = 1,
+        accelerator: str = "auto",
+        precision: Precision | None = None,
+        **ddp_kwargs: Any,
+    ) -> None:
+        super().__init__(num_processes, accelerator, precision)
+        self.ddp_kwargs = ddp_kwargs
+        self.model: DistributedDataParallel | None = None
+
+    def setup_module(self, module: nn.Module) -> nn.Module:
+        module = super().setup_module(module)
+        device_ids = [self.root_device.index] if self.root_device.type == "cuda" else None
+        self.model = DistributedDataParallel(_StepRouter(module), device_ids=device_ids, **self.ddp_kwargs)
+        return module
+
+    def forward_step(self, step: Callable[[Any, int], Any], batch: Any, batch_idx: int) -> Any:
+        assert self.model is not None
+        if not self.model.module.module.training:  # evaluation: no gradients, no DDP bookkeeping
+            return step(batch, batch_idx)
+        return self.model(step, batch, batch_idx)
+
+    def no_backward_sync(self, enabled: bool) -> AbstractContextManager[Any]:
+        return self.model.no_sync() if enabled and self.model is not None else nullcontext()

@@ -1,0 +1,56 @@
+"""Start N processes on this machine for ``devices=N``, and bring rank 0's result back.
+
+Under torchrun (or SLURM) the processes already exist and nothing is started here. Spawned
+processes re-import the user's script, so the script must create the Trainer under
+``if __name__ == "__main__":``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.multiprocessing as mp
+
+_RESULT = "result.pt"
+
+
+def spawn(fn: Callable[..., dict[str, Any]], args: tuple[Any, ...], nprocs: int) -> dict[str, Any]:
+    """Run ``fn(*args)`` in ``nprocs`` fresh processes (ranks 0..N-1); return what rank 0 returned.
+
+    The result must hold only tensors and plain data: it travels through a file loaded with
+    ``torch.load(weights_only=True)``. A failure in any rank is raised here with its traceback.
+
+    Example:
+        >>> result = spawn(train_one_rank, (module, loader), nprocs=2)  # doctest: +SKIP
+    """
+    # Plain pickle, not torch.multiprocessing's: that would put the tensors in memory shared by all
+    # ranks, and every rank's optimizer would then step the same parameters.
+    payload = pickle.dumps((fn, args))
+    with tempfile.TemporaryDirectory(prefix="tasktrain-") as tmp:
+        env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(nprocs)}
+        mp.start_processes(_worker, args=(payload, env, nprocs, tmp), nprocs=nprocs, start_method="spawn")
+        result: dict[str, Any] = torch.load(os.path.join(tmp, _RESULT), weights_only=True)
+    return result
+
+
+def _worker(rank: int, payload: bytes, env: dict[str, str], nprocs: int, tmp: str) -> None:
+    os.environ.update(env, RANK=str(rank), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(nprocs))
+    fn, args = pickle.loads(payload)
+    # N processes on N cores: the default thread count oversubscribes and runs many times slower.
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // nprocs))
+    result = fn(*args)
+    if rank == 0:
+        torch.save(result, os.path.join(tmp, _RESULT))
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

@@ -1,0 +1,128 @@
+"""``ParallelStrategy``: several processes, one process group, the collectives every parallel strategy shares."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from lightning_utilities.core.rank_zero import rank_zero_only
+from torch import Tensor
+
+from tasktrain.data import with_distributed_sampler
+from tasktrain.precision import Precision
+from tasktrain.strategies.base import Strategy
+
+_REDUCE_OPS = {
+    "sum": dist.ReduceOp.SUM,
+    "max": dist.ReduceOp.MAX,
+    "min": dist.ReduceOp.MIN,
+    "mean": dist.ReduceOp.SUM,
+}
+
+
+class ParallelStrategy(Strategy):
+    """Base for strategies over a process group: rank bookkeeping, process-group setup, collectives.
+
+    Ranks come from the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, as torchrun and the
+    tasktrain launcher set them). The backend is NCCL on CUDA and gloo on CPU.
+
+    Args:
+        num_processes: how many processes to start when not launched by torchrun (``devices=N``).
+        accelerator: "cpu", "cuda" or "auto".
+        timeout: how long a collective may wait before the run fails (a hung rank fails fast).
+    """
+
+    def __init__(
+        self,
+        num_processes: int = 1,
+        accelerator: str = "auto",
+        precision: Precision | None = None,
+        timeout: timedelta = timedelta(minutes=10),
+    ) -> None:
+        super().__init__("cpu", precision)
+        self._num_processes = num_processes
+        self.accelerator = accelerator
+        self.timeout = timeout
+
+    @property
+    def num_processes(self) -> int:
+        return self._num_processes
+
+    @property
+    def world_size(self) -> int:
+        return int(os.environ.get("WORLD_SIZE", self._num_processes))
+
+    @property
+    def global_rank(self) -> int:
+        return int(os.environ.get("RANK", 0))
+
+    @property
+    def local_rank(self) -> int:
+        return int(os.environ.get("LOCAL_RANK", 0))
+
+    @property
+    def launched(self) -> bool:
+        """Whether this process is already one rank of the job (torchrun, SLURM, or our launcher)."""
+        return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+    @property
+    def needs_launch(self) -> bool:
+        return not self.launched and self._num_processes > 1
+
+    def process_dataloader(self, dataloader: Any, seed: int = 0) -> Any:
+        return with_distributed_sampler(dataloader, self.data_parallel_size, self.data_parallel_rank, seed)
+
+    @property
+    def data_parallel_rank(self) -> int:
+        return self.global_rank
+
+    def setup_environment(self) -> None:
+        use_cuda = self.accelerator == "cuda" or (self.accelerator == "auto" and torch.cuda.is_available())
+        self.root_device = torch.device("cuda", self.local_rank) if use_cuda else torch.device("cpu")
+        if use_cuda:
+            torch.cuda.set_device(self.root_device)
+        if not dist.is_initialized():
+            dist.init_process_group(
+                backend="nccl" if use_cuda else "gloo",
+                rank=self.global_rank,
+                world_size=self.world_size,
+                timeout=self.timeout,
+            )
+        rank_zero_only.rank = self.global_rank  # type: ignore[attr-defined]
+        self.precision.setup(self.root_device)
+
+    def teardown(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    # -- collectives -----------------------------------------------------------------------------
+    def reduce(self, tensor: Tensor, op: str = "mean") -> Tensor:
+        if op not in _REDUCE_OPS:
+            raise ValueError(f"reduce(op={op!r}): accepted values are {sorted(_REDUCE_OPS)}")
+        result = tensor.clone()
+        dist.all_reduce(result, op=_REDUCE_OPS[op])
+        return result / self.world_size if op == "mean" else result
+
+    def all_gather(self, tensor: Tensor) -> Tensor:
+        gathered = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(gathered, tensor.contiguous())
+        return torch.stack(gathered)
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        holder = [obj]
+        dist.broadcast_object_list(holder, src=src)
+        return holder[0]
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    def any_rank(self, flag: bool) -> bool:
+        return bool(self.reduce(torch.tensor(float(flag), device=self.root_device), "max").item())
