@@ -84,7 +84,7 @@ def test_bad_argument_message(name: str, value: Any, accepted: list[str]):
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
     [
-        (dict(strategy="fsdp"), "strategy='fsdp'"),
+        (dict(strategy="tp"), "strategy='tp'"),
         (dict(strategy="deepspeed"), "strategy='deepspeed'"),
         (dict(num_nodes=2), "num_nodes=2"),
         (dict(compile=True), "compile=True"),

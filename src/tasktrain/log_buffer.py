@@ -138,8 +138,11 @@ class LogBuffer:
         metrics = dict(extra or {})
         for name, value in self._step_values.items():
             metrics[name] = to_float(value)
+        epoch_metrics = self._epoch_metrics.get(self.stage, {})
         for name, metric in self._step_metrics.items():
             metrics[name] = to_float(metric.compute())
+            if name not in epoch_metrics:  # a step-only metric covers one logging interval
+                metric.reset()
         self._step_values.clear()
         self._step_metrics.clear()
         self._publish(metrics, step)

@@ -186,7 +186,9 @@ class TaskModule(nn.Module, Generic[BatchT]):
 
         When this returns a number, each micro-batch of an optimizer step is weighted by its
         share of the items in the whole step (all micro-batches, all ranks), so the update equals
-        the one from a single big batch.
+        the one from a single big batch. A micro-batch with 0 items is skipped when its count is
+        an int or a CPU tensor; a count on an accelerator is not read back (that would sync the
+        device), so there a 0-item micro-batch's loss must itself be finite (e.g. a sum, not a mean).
         """
         return None
 

@@ -38,7 +38,7 @@ from tasktrain.optim import OptimizerSetup, parse_optimizers
 from tasktrain.precision import build_precision
 from tasktrain.seed import seed_everything
 from tasktrain.state import TrainState
-from tasktrain.strategies import DDP, SingleDevice, Strategy
+from tasktrain.strategies import DDP, FSDP, SingleDevice, Strategy
 from tasktrain.strategies.launcher import spawn
 from tasktrain.strategies.single import default_device
 from tasktrain.trainer_args import TrainerArgs
@@ -62,7 +62,7 @@ class Trainer:
     """Runs a :class:`~tasktrain.TaskModule`: ``fit``, ``validate``, ``test``, ``predict``.
 
     Every argument is checked here, with a message naming the argument, the value and what is
-    accepted. See ``docs/trainer.md`` for each argument.
+    accepted. See ``docs/concepts/trainer.md`` for each argument.
 
     Example:
         >>> import tasktrain as tt
@@ -216,11 +216,12 @@ class Trainer:
             self.state.should_stop = False
             self._call("on_fit_start")
             start = time.perf_counter()
-            step0, samples0 = self.state.global_step, self.samples_seen
+            before = (self.state.global_step, self.samples_seen, self.items_seen)
             self.fit_loop.run(ctx)
             runtime = time.perf_counter() - start
             self._call("on_fit_end")
-            return self._fit_result(runtime, self.state.global_step - step0, self.samples_seen - samples0)
+            done = (self.state.global_step, self.samples_seen, self.items_seen)
+            return self._fit_result(runtime, *(now - then for now, then in zip(done, before, strict=True)))
 
     def validate(
         self,
@@ -339,14 +340,16 @@ class Trainer:
                 )
             return [loop.run(self._context(module), loader)]
 
-    def _fit_result(self, runtime: float, steps: int, samples: int) -> FitResult:
+    def _fit_result(self, runtime: float, steps: int, samples: int, items: int) -> FitResult:
         metrics = dict(self.callback_metrics)
         metrics["train_runtime"] = runtime
         metrics["train_samples_per_second"] = samples / runtime if runtime > 0 else 0.0
         metrics["train_steps_per_second"] = steps / runtime if runtime > 0 else 0.0
         if self.counts_items:
-            metrics["train_tokens_per_second"] = self.items_seen / runtime if runtime > 0 else 0.0
-        train_loss = global_mean(self._context(self._require_module("fit")), self.fit_loop.epoch_loop.losses.mean)
+            metrics["train_tokens_per_second"] = items / runtime if runtime > 0 else 0.0
+        train_loss = global_mean(
+            self._context(self._require_module("fit")), self.fit_loop.epoch_loop.losses.mean
+        )
         metrics["train_loss"] = train_loss
         return FitResult(global_step=self.state.global_step, train_loss=train_loss, metrics=metrics)
 
@@ -392,6 +395,8 @@ def _fit_in_worker(
 def _build_strategy(args: TrainerArgs) -> Strategy:
     if not isinstance(args.strategy, Strategy):
         devices = args.devices if isinstance(args.devices, int) else 1
+        if args.strategy == "fsdp":
+            return FSDP(devices, args.accelerator, precision=build_precision(args.precision))
         if args.strategy == "ddp" or (args.strategy == "auto" and devices > 1):
             return DDP(devices, args.accelerator, precision=build_precision(args.precision))
         return SingleDevice(default_device(args.accelerator), build_precision(args.precision))

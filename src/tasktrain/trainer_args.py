@@ -15,9 +15,9 @@ from tasktrain.loggers.base import Logger
 from tasktrain.precision import PRECISIONS
 from tasktrain.strategies.base import Strategy
 
-STRATEGY_NAMES = ("auto", "single", "ddp")
+STRATEGY_NAMES = ("auto", "single", "ddp", "fsdp")
 #: Strategy names that exist in the design but are not implemented yet.
-PLANNED_STRATEGIES = ("fsdp", "deepspeed", "tp")
+PLANNED_STRATEGIES = ("deepspeed", "tp")
 ACCELERATORS = ("auto", "cpu", "cuda", "mps")
 CLIP_ALGORITHMS = ("norm", "value")
 NONFINITE_POLICIES = ("raise", "skip")

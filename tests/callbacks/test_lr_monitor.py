@@ -65,8 +65,8 @@ def _fit(module: tt.TaskModule, monitor: LearningRateMonitor, **kwargs: Any) -> 
 
 def test_step_interval_matches_the_scheduler():
     rec = _fit(Scheduled("step"), LearningRateMonitor("step"), max_steps=6, log_every_n_steps=2)
-    # logged after the scheduler stepped at steps 2, 4, 6: lr = 0.5 ** step
-    assert rec.values("lr") == [(2, 0.25), (4, 0.5**4), (6, 0.5**6)]
+    # the rate each logged step used: step s runs with lr = 0.5 ** (s - 1)
+    assert rec.values("lr") == [(2, 0.5), (4, 0.5**3), (6, 0.5**5)]
 
 
 def test_epoch_interval_logs_the_lr_of_each_epoch():
@@ -78,8 +78,8 @@ def test_epoch_interval_logs_the_lr_of_each_epoch():
 
 def test_several_param_groups():
     rec = _fit(Scheduled("step", groups=2), LearningRateMonitor("step"), max_steps=2, log_every_n_steps=1)
-    assert rec.values("lr/pg0") == [(1, 0.5), (2, 0.25)]
-    assert rec.values("lr/pg1") == [(1, pytest.approx(0.05)), (2, pytest.approx(0.025))]
+    assert rec.values("lr/pg0") == [(1, 1.0), (2, 0.5)]
+    assert rec.values("lr/pg1") == [(1, pytest.approx(0.1)), (2, pytest.approx(0.05))]
     assert rec.values("lr") == []
 
 
@@ -87,9 +87,9 @@ def test_matches_the_optimizer_at_every_step():
     seen: list[float] = []
 
     class Check(LearningRateMonitor):
-        def on_train_step_end(self, trainer, module):
-            super().on_train_step_end(trainer, module)
-            seen.append(trainer.optimizer.param_groups[0]["lr"])
+        def on_before_optimizer_step(self, trainer, module, optimizer):
+            super().on_before_optimizer_step(trainer, module, optimizer)
+            seen.append(optimizer.param_groups[0]["lr"])  # the rate optimizer.step() is about to use
 
     rec = _fit(Scheduled("step"), Check("step"), max_steps=4, log_every_n_steps=1)
     assert [v for _, v in rec.values("lr")] == seen

@@ -127,10 +127,10 @@ def expected_fit_hooks(
             # gradients final, global_step not yet incremented
             out += [("on_before_optimizer_step", None, step), ("on_before_zero_grad", None, step)]
             step += 1
-            out.append(("on_train_step_end", None, step))
             if val_every_n_steps is not None and step % val_every_n_steps == 0:
                 out += _eval_hooks("validation", val_batches, step)
                 last_val_step = step
+            out.append(("on_train_step_end", None, step))  # after this step's logs and validation
         if last_val_step != step:  # check_val_every_n_epoch=1, unless it just ran at this step
             out += _eval_hooks("validation", val_batches, step)
             last_val_step = step

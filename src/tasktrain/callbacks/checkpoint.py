@@ -136,17 +136,25 @@ class ModelCheckpoint(Callback):
             return None
         dirpath = (self.dirpath or f"{trainer.default_root_dir}/checkpoints").rstrip("/")
         path = f"{dirpath}/{self._format_name(trainer)}"
-        trainer.save_checkpoint(path, max_shard_bytes=self.max_shard_bytes)
-        self._last_saved_step = step
-        self._last_time = time.monotonic()
+        # Recorded before writing, so the checkpoint's own copy of this state lists itself.
+        previous = (list(self.saved), self._last_saved_step)
         self.saved = [entry for entry in self.saved if entry["path"] != path]
         self.saved.append({"path": path, "step": step, "score": self._score(trainer)})
+        self._last_saved_step = step
+        try:
+            trainer.save_checkpoint(path, max_shard_bytes=self.max_shard_bytes)
+        except BaseException:
+            self.saved, self._last_saved_step = previous
+            raise
+        self._last_time = time.monotonic()
         if trainer.is_global_zero:
-            self._apply_retention()
+            self._apply_retention(dirpath)  # only now that the new checkpoint is committed
         return path
 
     # -- what to keep ----------------------------------------------------------------------------
-    def _apply_retention(self) -> None:
+    def _apply_retention(self, dirpath: str) -> None:
+        # Checkpoints elsewhere (e.g. the one a run resumed from, in another directory) are never ours to delete.
+        self.saved = [e for e in self.saved if e["path"].startswith(f"{dirpath}/")]
         keep = {self.saved[-1]["path"]}  # the newest, always
         if self.keep_last is not None:
             keep.update(entry["path"] for entry in self.saved[-self.keep_last :])

@@ -9,6 +9,8 @@ from typing_extensions import override
 from tasktrain.callbacks.base import Callback
 
 if TYPE_CHECKING:
+    from torch.optim import Optimizer
+
     from tasktrain.module import TaskModule
     from tasktrain.trainer import Trainer
 
@@ -16,7 +18,7 @@ _INTERVALS = ("step", "epoch")
 
 
 class LearningRateMonitor(Callback):
-    """Log ``lr`` (one group) or ``lr/pg{i}`` (several) at each logging step or at each epoch end.
+    """Log ``lr`` (one group) or ``lr/pg{i}`` (several): the rate each logged step used, or each epoch's.
 
     Example:
         >>> import tasktrain as tt
@@ -31,8 +33,14 @@ class LearningRateMonitor(Callback):
         self.logging_interval = logging_interval
 
     @override
-    def on_train_step_end(self, trainer: Trainer, module: TaskModule[Any]) -> None:
-        if self.logging_interval == "step" and trainer.state.global_step % trainer.log_every_n_steps == 0:
+    def on_before_optimizer_step(
+        self, trainer: Trainer, module: TaskModule[Any], optimizer: Optimizer
+    ) -> None:
+        # The rate this step uses, logged with the step it completes (written right after it).
+        if (
+            self.logging_interval == "step"
+            and (trainer.state.global_step + 1) % trainer.log_every_n_steps == 0
+        ):
             self._log(trainer, module, on_step=True)
 
     @override

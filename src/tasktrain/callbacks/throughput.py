@@ -10,6 +10,8 @@ from typing_extensions import override
 from tasktrain.callbacks.base import Callback
 
 if TYPE_CHECKING:
+    from torch.optim import Optimizer
+
     from tasktrain.module import TaskModule
     from tasktrain.trainer import Trainer
 
@@ -33,10 +35,11 @@ class Throughput(Callback):
         self._last = self._snapshot(trainer)
 
     @override
-    def on_train_step_end(self, trainer: Trainer, module: TaskModule[Any]) -> None:
-        if trainer.state.global_step % trainer.log_every_n_steps != 0 or self._last is None:
+    def on_before_zero_grad(self, trainer: Trainer, module: TaskModule[Any], optimizer: Optimizer) -> None:
+        # The step has just been taken; its values are written right after it, with the step.
+        if (trainer.state.global_step + 1) % trainer.log_every_n_steps != 0 or self._last is None:
             return
-        now = self._snapshot(trainer)
+        now = self._snapshot(trainer, steps_done=1)
         seconds = now[0] - self._last[0]
         if seconds > 0:
             module.log("throughput/steps_per_sec", (now[1] - self._last[1]) / seconds)
@@ -46,6 +49,6 @@ class Throughput(Callback):
         self._last = now
 
     @staticmethod
-    def _snapshot(trainer: Trainer) -> tuple[float, int, int, int]:
+    def _snapshot(trainer: Trainer, steps_done: int = 0) -> tuple[float, int, int, int]:
         items = trainer.items_seen if trainer.counts_items else 0
-        return time.perf_counter(), trainer.state.global_step, trainer.samples_seen, items
+        return time.perf_counter(), trainer.state.global_step + steps_done, trainer.samples_seen, items

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -65,7 +65,8 @@ def save_checkpoint(
         rng: per rank, named RNG snapshots (e.g. ``{"step": ..., "epoch_start": ...}``).
         max_shard_bytes: weights above this size are split into several safetensors files.
     """
-    with CheckpointWriter(path) as writer:
+    step = trainer_state.get("global_step")
+    with CheckpointWriter(path, step=step if isinstance(step, int) else None) as writer:
         _write_weights(writer, weights, max_shard_bytes)
         writer.write_with(OPTIMIZER, lambda f: torch.save(dict(optimizer_state), f))
         if rng:
@@ -142,8 +143,14 @@ def load_module(cls: type[M], path: str, overrides: Mapping[str, Any]) -> M:
     return module
 
 
-def load_weights_into(module: torch.nn.Module, weights: Mapping[str, Tensor], path: str) -> None:
-    """``module.load_state_dict(weights)``, with an error naming every mismatch instead of a partial load."""
+def load_weights_into(
+    module: torch.nn.Module,
+    weights: dict[str, Tensor],
+    path: str,
+    load: Callable[[torch.nn.Module, dict[str, Tensor]], None] | None = None,
+) -> None:
+    """Load ``weights`` into ``module`` (with ``load``, default ``load_state_dict``), after checking
+    that they fit: an error names every mismatch instead of a partial load."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
@@ -157,7 +164,10 @@ def load_weights_into(module: torch.nn.Module, weights: Mapping[str, Tensor], pa
             f"{path}: the weights do not fit {type(module).__name__} (a checkpoint of another model?): "
             f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}, shape mismatches {wrong_shape[:5]}"
         )
-    module.load_state_dict(weights)
+    if load is None:
+        module.load_state_dict(weights)
+    else:
+        load(module, weights)
 
 
 # -- weights ------------------------------------------------------------------------------------

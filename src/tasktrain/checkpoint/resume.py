@@ -19,7 +19,7 @@ from tasktrain.checkpoint.format import (
     read_weights,
     save_checkpoint,
 )
-from tasktrain.checkpoint.storage import find_last, is_complete
+from tasktrain.checkpoint.storage import find_last, problems
 from tasktrain.data import sampler_generator
 from tasktrain.loops.epoch import ResumePoint
 from tasktrain.rng import RngState
@@ -37,11 +37,9 @@ def resolve_ckpt_path(ckpt_path: str, default_root_dir: str) -> str:
                 f"ckpt_path='last': no complete checkpoint under default_root_dir={default_root_dir!r}"
             )
         return found
-    if not is_complete(ckpt_path):
-        raise CheckpointError(
-            f"ckpt_path={ckpt_path!r} is not a complete checkpoint: its manifest.json is missing or lists files "
-            "that are missing or truncated (an interrupted save, or not a tasktrain checkpoint directory)"
-        )
+    issues = problems(ckpt_path)
+    if issues:
+        raise CheckpointError(f"ckpt_path={ckpt_path!r} is not a complete checkpoint: {'; '.join(issues)}")
     return ckpt_path
 
 
@@ -88,7 +86,7 @@ def restore_weights(trainer: Trainer, path: str) -> dict[str, Any]:
     module = trainer.module
     assert module is not None
     state = read_state(path)
-    load_weights_into(module, read_weights(path), path)
+    load_weights_into(module, read_weights(path), path, load=trainer.strategy.load_module_state_dict)
     return state
 
 
@@ -100,7 +98,7 @@ def restore_trainer_checkpoint(trainer: Trainer, path: str) -> None:
     setup = trainer._optim
     assert setup is not None
     if "optimizer" in optimizer_state:
-        setup.optimizer.load_state_dict(optimizer_state["optimizer"])
+        trainer.strategy.load_optimizer_state_dict(setup.optimizer, optimizer_state["optimizer"])
     if setup.scheduler is not None and "scheduler" in optimizer_state:
         setup.scheduler.scheduler.load_state_dict(optimizer_state["scheduler"])
     trainer.strategy.precision.load_state_dict(optimizer_state.get("precision", {}))

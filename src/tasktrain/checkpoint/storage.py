@@ -32,8 +32,9 @@ class CheckpointWriter:
         True
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, step: int | None = None) -> None:
         self.path = path.rstrip("/")
+        self.step = step
         self.fs, self._final = url_to_fs(self.path)
         self._final = self._final.rstrip("/")
         self._atomic_rename = isinstance(self.fs, LocalFileSystem)
@@ -65,7 +66,7 @@ class CheckpointWriter:
 
     def commit(self) -> None:
         with self.fs.open(f"{self._dir}/{MANIFEST}", "w") as f:
-            json.dump({"files": self._sizes}, f, indent=2)
+            json.dump({"files": self._sizes, "step": self.step}, f, indent=2)
         if self._atomic_rename:
             if self.fs.exists(self._final):
                 self.fs.rm(self._final, recursive=True)
@@ -74,29 +75,31 @@ class CheckpointWriter:
 
 def is_complete(path: str) -> bool:
     """Whether ``path`` holds a committed checkpoint (manifest present, every listed file whole)."""
+    return not problems(path)
+
+
+def problems(path: str) -> list[str]:
+    """What makes ``path`` not a complete checkpoint (empty when it is one)."""
     fs, root = url_to_fs(path)
-    return _is_complete(fs, root.rstrip("/"))
+    return _problems(fs, root.rstrip("/"))
 
 
 def find_last(directory: str) -> str | None:
-    """The complete checkpoint with the highest ``step=N`` anywhere under ``directory``, or None."""
+    """The complete checkpoint with the highest step anywhere under ``directory``, or None."""
     fs, root = url_to_fs(directory)
     if not fs.exists(root):
         return None
-    protocol = directory.split("://", 1)[0] + "://" if "://" in directory else ""
     best: tuple[int, str] | None = None
     for manifest in fs.glob(f"{root.rstrip('/')}/**/{MANIFEST}"):
         folder = manifest.rsplit("/", 1)[0]
-        match = _STEP_PATTERN.search(folder.rsplit("/", 1)[-1])
-        if match is None or ".tmp-" in folder or not _is_complete(fs, folder):
+        step = _manifest_step(fs, folder)
+        if step is None or ".tmp-" in folder or _problems(fs, folder):
             continue
-        step = int(match.group(1))
         if best is None or step > best[0]:
             best = (step, folder)
     if best is None:
         return None
-    folder = best[1]
-    return f"{protocol}{folder}" if protocol and not folder.startswith(protocol) else folder
+    return fs.unstrip_protocol(best[1]) if "://" in directory else best[1]
 
 
 def remove(path: str) -> None:
@@ -109,12 +112,34 @@ def remove(path: str) -> None:
         fs.rm(root, recursive=True)
 
 
-def _is_complete(fs: AbstractFileSystem, root: str) -> bool:
+def _read_manifest(fs: AbstractFileSystem, root: str) -> dict[str, Any] | None:
     try:
         with fs.open(f"{root}/{MANIFEST}", "r") as f:
-            sizes: dict[str, int] = json.load(f)["files"]
-    except (FileNotFoundError, ValueError, KeyError):
-        return False
-    return all(
-        fs.exists(f"{root}/{name}") and fs.size(f"{root}/{name}") == size for name, size in sizes.items()
-    )
+            manifest: dict[str, Any] = json.load(f)
+    except (FileNotFoundError, ValueError):
+        return None
+    return manifest if isinstance(manifest.get("files"), dict) else None
+
+
+def _manifest_step(fs: AbstractFileSystem, root: str) -> int | None:
+    manifest = _read_manifest(fs, root)
+    if manifest is None:
+        return None
+    if isinstance(manifest.get("step"), int):
+        return int(manifest["step"])
+    match = _STEP_PATTERN.search(root.rsplit("/", 1)[-1])  # checkpoints written without a step
+    return int(match.group(1)) if match else None
+
+
+def _problems(fs: AbstractFileSystem, root: str) -> list[str]:
+    manifest = _read_manifest(fs, root)
+    if manifest is None:
+        return [f"{MANIFEST} is missing or unreadable (an interrupted save?)"]
+    found = []
+    for name, size in manifest["files"].items():
+        file = f"{root}/{name}"
+        if not fs.exists(file):
+            found.append(f"{name} is missing")
+        elif (actual := int(fs.size(file))) != size:
+            found.append(f"{name} has {actual} bytes, the manifest says {size}")
+    return found

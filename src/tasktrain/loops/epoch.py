@@ -220,12 +220,13 @@ class EpochLoop(Loop):
         self.batch_progress.complete(len(group))
         if loss is not None:
             self.losses.add(loss)
-        ctx.hooks.call("on_train_step_end")
         step = ctx.state.global_step
         if step % self.log_every_n_steps == 0:
             self.flush_logs(ctx)
         if self._val_every is not None and self._val_due(step):
             self.run_validation(ctx)
+        # Last, so callbacks that save or stop here see this step's logs and validation.
+        ctx.hooks.call("on_train_step_end")
 
     def on_run_end(self, ctx: LoopContext) -> None:
         read = self.batch_progress.current.completed
@@ -258,7 +259,7 @@ class EpochLoop(Loop):
 
     def run_validation(self, ctx: LoopContext) -> None:
         """Run the validation loop (if there is validation data) and step a monitored scheduler."""
-        if ctx.val_dataloader is None:
+        if ctx.val_dataloader is None or self.val_loop.limit_batches == 0:  # limit_val_batches=0: off
             return
         self._last_val_step = ctx.state.global_step
         # Validation must not shift training's random streams (iterating a DataLoader draws a seed),

@@ -28,8 +28,8 @@ class FitLoop(Loop):
                 unscale; clip; on_before_optimizer_step   # OptimizationStep
                 strategy.optimizer_step; scheduler.step (per-step)
                 on_before_zero_grad; zero_grad; global_step += 1
-                on_train_step_end
                 log every log_every_n_steps; validate every val_check_interval
+                on_train_step_end
             validate every check_val_every_n_epoch
             log epoch values; on_train_epoch_end; scheduler.step (per-epoch)
         on_train_end

@@ -18,9 +18,11 @@ Order during ``fit`` (accumulation N, validation at epoch end)::
                 on_after_backward()
                 on_train_batch_end(outputs, batch, batch_idx)
             on_before_optimizer_step(optimizer)   # gradients final (unscaled, clipped)
-            on_before_zero_grad(optimizer)
-            on_train_step_end()                   # global_step incremented, scheduler stepped
+            on_before_zero_grad(optimizer)        # stepped; global_step not yet incremented
+            [logs written, every log_every_n_steps]
             [validation, when val_check_interval says so]
+            on_train_step_end()                   # global_step incremented; this step's logs and
+                                                  # validation done: the place to save or stop
         [validation, when check_val_every_n_epoch says so]
         on_train_epoch_end
     on_train_end

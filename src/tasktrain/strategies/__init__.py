@@ -2,7 +2,8 @@
 
 from tasktrain.strategies.base import Strategy
 from tasktrain.strategies.ddp import DDP
+from tasktrain.strategies.fsdp import FSDP
 from tasktrain.strategies.parallel import ParallelStrategy
 from tasktrain.strategies.single import SingleDevice
 
-__all__ = ["DDP", "ParallelStrategy", "SingleDevice", "Strategy"]
+__all__ = ["DDP", "FSDP", "ParallelStrategy", "SingleDevice", "Strategy"]

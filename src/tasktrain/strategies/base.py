@@ -89,7 +89,11 @@ class Strategy:
         return dataloader
 
     def setup_module(self, module: nn.Module) -> nn.Module:
-        """Move (and, in subclasses, wrap or shard) the module; return what the loops call."""
+        """Move (and, in subclasses, shard) the module in place, and return it.
+
+        Loops always call the user's module; a strategy that needs a wrapper (DDP) keeps the
+        wrapper itself and routes steps through it in :meth:`forward_step`.
+        """
         return self.precision.convert_module(module).to(self.root_device)
 
     def setup_optimizer(self, optimizer: Optimizer) -> Optimizer:
@@ -102,7 +106,11 @@ class Strategy:
         return self.precision.convert_input(batch)
 
     def teardown(self) -> None:
-        """Release what ``setup_environment`` acquired."""
+        """Release what ``setup_environment`` acquired (e.g. the process group).
+
+        The launcher calls it when a spawned rank finishes. A process started by torchrun keeps
+        its process group across ``fit``/``validate`` calls; call this at the end of the script.
+        """
 
     # -- one training step -----------------------------------------------------------------------
     def autocast(self) -> AbstractContextManager[Any]:
@@ -167,6 +175,13 @@ class Strategy:
 
     def optimizer_state_dict(self, optimizer: Optimizer) -> dict[str, Any]:
         return optimizer.state_dict()
+
+    def load_module_state_dict(self, module: nn.Module, weights: dict[str, Tensor]) -> None:
+        """Load full (unsharded) weights, as ``module_state_dict`` returns them."""
+        module.load_state_dict(weights)
+
+    def load_optimizer_state_dict(self, optimizer: Optimizer, state: dict[str, Any]) -> None:
+        optimizer.load_state_dict(state)
 
     @contextmanager
     def module_init_context(self) -> Iterator[None]:

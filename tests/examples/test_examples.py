@@ -1,0 +1,57 @@
+"""The examples run end to end (tiny sizes, CPU) and print what their docstrings promise."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def run_example(name: str, *args: str, tmp_path: Path) -> str:
+    """Run ``examples/{name}`` in a fresh interpreter; return its stdout (fail with stderr on error)."""
+    command = [
+        sys.executable,
+        str(EXAMPLES / name),
+        "--root-dir",
+        str(tmp_path / "runs"),
+        "--no-progress-bar",
+    ]
+    done = subprocess.run([*command, *args], capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert done.returncode == 0, f"{name} exited with {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def number_after(label: str, text: str) -> float:
+    match = re.search(rf"^{re.escape(label)}\s*([0-9.]+)", text, flags=re.MULTILINE)
+    assert match, f"no line starting with {label!r} in:\n{text}"
+    return float(match.group(1))
+
+
+def test_digits_learns(tmp_path: Path) -> None:
+    out = run_example("digits.py", "--max-epochs", "3", tmp_path=tmp_path)
+    assert number_after("final val/acc:", out) > 0.85
+    assert number_after("final val/loss:", out) < 1.0
+    assert re.search(r"^trained 69 steps", out, flags=re.MULTILINE), out  # 3 epochs x 23 batches of 64
+    checkpoints = list((tmp_path / "runs" / "checkpoints").iterdir())
+    assert [p.name for p in checkpoints] == ["step=00000069"]  # the default ModelCheckpoint keeps the last
+    files = {p.name for p in checkpoints[0].iterdir()}
+    assert {"model.safetensors", "optimizer.pt", "trainer_state.json", "manifest.json"} <= files
+    assert (tmp_path / "runs" / "csv" / "version_0" / "metrics.csv").is_file()
+
+
+def test_char_lm_counts_tokens_and_samples(tmp_path: Path) -> None:
+    out = run_example(
+        "char_lm.py",
+        *("--max-epochs", "1", "--repeats", "2", "--d-model", "32", "--layers", "1", "--samples", "2"),
+        tmp_path=tmp_path,
+    )
+    assert number_after("train_tokens_per_second:", out) > 0
+    assert number_after("final train/loss:", out) < 10
+    # 20 lines x 2 repeats = 40 lines, 5 micro-batches of 8, groups of 4: one full group + a remainder of 1.
+    assert re.search(r"^trained 2 optimizer steps \(5 micro-batches per epoch, 4 per step\)", out, re.M), out
+    samples = out.split("samples:\n", 1)
+    assert len(samples) == 2, out
+    assert len([line for line in samples[1].splitlines() if line.startswith("  ")]) == 2

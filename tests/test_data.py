@@ -1,0 +1,150 @@
+"""Mid-epoch data position: skipping batches by index arithmetic, without loading them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset, RandomSampler, TensorDataset
+
+from tasktrain.data import SkipFirstBatches, sampler_generator, skip_batches
+
+
+class Counting(Dataset):
+    """A map-style dataset of ``n`` samples that counts every ``__getitem__``."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.fetched: list[int] = []
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> int:
+        self.fetched.append(index)
+        return index
+
+
+class CountingStream(IterableDataset):
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.read = 0
+
+    def __iter__(self):
+        for i in range(self.n):
+            self.read += 1
+            yield i
+
+
+def _as_lists(batches) -> list[list[int]]:
+    return [b.tolist() if isinstance(b, torch.Tensor) else list(b) for b in batches]
+
+
+# -- SkipFirstBatches ------------------------------------------------------------------------------
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("skip", [0, 1, 3, 6, 7, 20])
+def test_skip_first_batches_of_a_shuffled_sampler_is_the_tail_of_the_epoch(skip, drop_last):
+    generator = torch.Generator().manual_seed(3)
+    batches = BatchSampler(RandomSampler(range(26), generator=generator), batch_size=4, drop_last=drop_last)
+    state = generator.get_state()
+    full = list(batches)
+    generator.set_state(state)
+    tail = list(SkipFirstBatches(batches, skip))
+    assert tail == full[skip:]
+    assert len(SkipFirstBatches(batches, skip)) == len(full[skip:])
+
+
+def test_skip_first_batches_with_the_global_rng():
+    batches = BatchSampler(RandomSampler(range(30)), batch_size=4, drop_last=False)
+    torch.manual_seed(11)
+    full = list(batches)
+    torch.manual_seed(11)
+    assert list(SkipFirstBatches(batches, 5)) == full[5:]
+
+
+def test_skip_first_batches_of_another_batch_sampler_reads_and_drops():
+    class Pairs:
+        def __iter__(self):
+            return iter([[0, 1], [2, 3], [4, 5], [6]])
+
+        def __len__(self) -> int:
+            return 4
+
+    assert list(SkipFirstBatches(Pairs(), 2)) == [[4, 5], [6]]
+    assert len(SkipFirstBatches(Pairs(), 2)) == 2
+    assert len(SkipFirstBatches(Pairs(), 9)) == 0
+
+
+# -- skip_batches ----------------------------------------------------------------------------------
+def test_skip_zero_returns_the_loader_itself():
+    loader = DataLoader(range(10), batch_size=3)
+    assert skip_batches(loader, 0) is loader
+
+
+@pytest.mark.parametrize("skip", [1, 4, 7])
+def test_skip_batches_of_a_shuffled_loader_gives_the_tail_of_the_same_epoch(skip):
+    ds = TensorDataset(torch.arange(30))
+    loader = DataLoader(ds, batch_size=4, shuffle=True)
+    torch.manual_seed(5)
+    full = [b[0].tolist() for b in loader]
+    after_full = torch.rand(3)  # the global RNG after the epoch
+    torch.manual_seed(5)
+    tail = [b[0].tolist() for b in skip_batches(loader, skip)]
+    assert tail == full[skip:]
+    assert torch.equal(torch.rand(3), after_full)  # skipping consumed the RNG exactly as the full epoch
+
+
+def test_skip_batches_keeps_the_loader_options():
+    def collate(items):
+        return ("collated", [int(i) for i in items])
+
+    generator = torch.Generator().manual_seed(0)
+    loader = DataLoader(list(range(12)), batch_size=5, shuffle=True, collate_fn=collate, generator=generator)
+    state = generator.get_state()
+    full = list(loader)
+    generator.set_state(state)
+    skipped = skip_batches(loader, 1)
+    assert isinstance(skipped, DataLoader) and skipped.dataset is loader.dataset
+    assert list(skipped) == full[1:]
+    assert len(skipped) == 2
+
+
+def test_skip_batches_on_an_iterable_dataset_warns_and_reads():
+    stream = CountingStream(10)
+    loader = DataLoader(stream, batch_size=3)
+    with pytest.warns(UserWarning, match="cannot skip batches by index"):
+        skipped = skip_batches(loader, 2)
+    assert _as_lists(skipped) == [[6, 7, 8], [9]]
+    assert stream.read == 10  # the skipped batches were read, then dropped
+
+
+def test_skip_batches_on_a_custom_loader_warns_and_reads():
+    class MyLoader:
+        def __iter__(self):
+            return iter([[1], [2], [3]])
+
+    with pytest.warns(UserWarning, match="MyLoader"):
+        assert list(skip_batches(MyLoader(), 1)) == [[2], [3]]
+
+
+@pytest.mark.parametrize("position", [1, 500, 50_000, 99_999])
+def test_skipped_samples_of_a_million_sample_epoch_are_never_fetched(position):
+    """Resuming anywhere in the epoch fetches only the batches that are read: the work is position-independent."""
+    data = Counting(1_000_000)
+    generator = torch.Generator().manual_seed(42)
+    loader = DataLoader(data, batch_size=10, sampler=RandomSampler(data, generator=generator))
+    order = torch.randperm(1_000_000, generator=torch.Generator().manual_seed(42)).tolist()
+
+    first = next(iter(skip_batches(loader, position)))
+    assert data.fetched == order[position * 10 : (position + 1) * 10]
+    assert first.tolist() == data.fetched
+
+
+def test_sampler_generator_finds_the_shufflers_generator():
+    ds = list(range(8))
+    own = torch.Generator()
+    assert sampler_generator(DataLoader(ds, sampler=RandomSampler(ds, generator=own))) is own
+    assert sampler_generator(DataLoader(ds, batch_size=2, shuffle=True, generator=own)) is own
+    batches = BatchSampler(RandomSampler(ds, generator=own), batch_size=2, drop_last=False)
+    assert sampler_generator(DataLoader(ds, batch_sampler=batches)) is own
+    assert sampler_generator(DataLoader(ds, shuffle=True)) is None
+    assert sampler_generator(None) is None
