@@ -1,0 +1,139 @@
+"""Classify scikit-learn's bundled 8x8 handwritten digits with a small MLP.
+
+No download: ``sklearn.datasets.load_digits`` ships with scikit-learn (1,797 images). The run
+takes a few seconds on a laptop CPU and reaches about 97% validation accuracy.
+
+    python examples/digits.py                    # the defaults used by `make demo`
+    python examples/digits.py --max-epochs 2     # a quick smoke run
+
+What it shows: a ``TaskModule`` with ``compute_loss``, a ``validation_step`` that logs a
+torchmetrics ``Metric``, ``configure_optimizers`` with a per-step LR schedule sized from
+``trainer.estimated_stepping_batches``, and ``Trainer.fit`` / ``Trainer.validate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset, random_split
+from torchmetrics.classification import MulticlassAccuracy
+
+import tasktrain as tt
+
+Batch = tuple[Tensor, Tensor]  # (images [B, 64] in [0, 1], labels [B])
+
+
+class DigitsClassifier(tt.TaskModule[Batch]):
+    """A two-hidden-layer MLP over the 64 pixels of an 8x8 digit."""
+
+    def __init__(self, hidden: int = 128, dropout: float = 0.1, lr: float = 3e-3, weight_decay: float = 1e-2):
+        super().__init__()
+        self.save_hyperparameters()  # stored in every checkpoint; read back as self.hparams.lr
+        self.net = nn.Sequential(
+            nn.Linear(64, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, 10),
+        )
+        # A Metric is a submodule: it moves with the model and is computed and reset once per epoch.
+        self.val_acc = MulticlassAccuracy(num_classes=10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def compute_loss(self, batch: Batch) -> Tensor:
+        x, y = batch
+        return F.cross_entropy(self(x), y)  # the trainer logs it as train/loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        self.val_acc.update(logits, y)
+        self.log("val/loss", loss, prog_bar=True)  # batch-size-weighted mean over the epoch
+        self.log("val/acc", self.val_acc, prog_bar=True)  # Metric: compute() at epoch end, then reset()
+        return loss
+
+    def configure_optimizers(self) -> dict[str, object]:
+        optimizer = torch.optim.AdamW(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+        total_steps = self.trainer.estimated_stepping_batches or 1
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def digits_dataloaders(
+    batch_size: int, val_fraction: float, seed: int
+) -> tuple[DataLoader[Batch], DataLoader[Batch]]:
+    """Train/validation loaders over the bundled digits, split reproducibly by ``seed``."""
+    from sklearn.datasets import load_digits
+
+    images, labels = load_digits(return_X_y=True)
+    dataset = TensorDataset(
+        torch.tensor(images, dtype=torch.float32) / 16.0,  # pixel values are 0..16
+        torch.tensor(labels, dtype=torch.long),
+    )
+    n_val = int(len(dataset) * val_fraction)
+    train, val = random_split(
+        dataset, [len(dataset) - n_val, n_val], generator=torch.Generator().manual_seed(seed)
+    )
+    train_loader = DataLoader(
+        train, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
+    return train_loader, DataLoader(val, batch_size=256)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-epochs", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (1 is fastest for tiny ops)"
+    )
+    parser.add_argument("--root-dir", default="runs/digits", help="logs and checkpoints go here")
+    parser.add_argument("--no-progress-bar", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> float:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    # Ops this small gain nothing from intra-op threads, and extra threads slow down a lot when
+    # other processes compete for the cores.
+    torch.set_num_threads(args.threads)
+    tt.seed_everything(args.seed)  # before building the model, so its initial weights are reproducible
+    train_loader, val_loader = digits_dataloaders(args.batch_size, args.val_fraction, args.seed)
+    model = DigitsClassifier(hidden=args.hidden, lr=args.lr)
+    trainer = tt.Trainer(
+        max_epochs=args.max_epochs,
+        accelerator="cpu",  # the model is tiny: a GPU would only add transfer time
+        default_root_dir=args.root_dir,
+        log_every_n_steps=10,
+        enable_progress_bar=not args.no_progress_bar,
+    )
+    result = trainer.fit(model, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    print(
+        f"trained {result.global_step} steps in {result.metrics['train_runtime']:.1f}s "
+        f"({result.metrics['train_samples_per_second']:.0f} samples/s), train loss {result.train_loss:.4f}"
+    )
+    [metrics] = trainer.validate(model, dataloaders=val_loader)
+    accuracy = metrics["val/acc"]
+    print(f"final val/loss: {metrics['val/loss']:.4f}")
+    print(f"final val/acc: {accuracy:.4f}")
+    print(f"total time: {time.perf_counter() - start:.1f}s (logs and checkpoints in {args.root_dir})")
+    return accuracy
+
+
+if __name__ == "__main__":
+    main()
