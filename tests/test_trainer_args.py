@@ -85,7 +85,6 @@ def test_bad_argument_message(name: str, value: Any, accepted: list[str]):
     ("kwargs", "fragment"),
     [
         (dict(strategy="tp"), "strategy='tp'"),
-        (dict(strategy="deepspeed"), "strategy='deepspeed'"),
         (dict(num_nodes=2), "num_nodes=2"),
         (dict(compile=True), "compile=True"),
     ],

@@ -38,10 +38,10 @@ from tasktrain.optim import OptimizerSetup, parse_optimizers
 from tasktrain.precision import build_precision
 from tasktrain.seed import seed_everything
 from tasktrain.state import TrainState
-from tasktrain.strategies import DDP, FSDP, SingleDevice, Strategy
+from tasktrain.strategies import DDP, FSDP, DeepSpeed, SingleDevice, Strategy
 from tasktrain.strategies.launcher import spawn
 from tasktrain.strategies.single import default_device
-from tasktrain.trainer_args import TrainerArgs
+from tasktrain.trainer_args import DEEPSPEED_STAGES, TrainerArgs
 
 
 @dataclass
@@ -397,6 +397,14 @@ def _build_strategy(args: TrainerArgs) -> Strategy:
         devices = args.devices if isinstance(args.devices, int) else 1
         if args.strategy == "fsdp":
             return FSDP(devices, args.accelerator, precision=build_precision(args.precision))
+        if args.strategy in DEEPSPEED_STAGES:
+            strategy = DeepSpeed(
+                devices, args.accelerator, build_precision(args.precision), DEEPSPEED_STAGES[args.strategy]
+            )
+            strategy.configure(
+                args.accumulate_grad_batches, args.gradient_clip_val, args.gradient_clip_algorithm
+            )
+            return strategy
         if args.strategy == "ddp" or (args.strategy == "auto" and devices > 1):
             return DDP(devices, args.accelerator, precision=build_precision(args.precision))
         return SingleDevice(default_device(args.accelerator), build_precision(args.precision))
@@ -408,6 +416,10 @@ def _build_strategy(args: TrainerArgs) -> Strategy:
             )
     else:
         args.strategy.precision = build_precision(args.precision)
+    if isinstance(args.strategy, DeepSpeed):
+        args.strategy.configure(
+            args.accumulate_grad_batches, args.gradient_clip_val, args.gradient_clip_algorithm
+        )
     return args.strategy
 
 

@@ -15,9 +15,11 @@ from tasktrain.loggers.base import Logger
 from tasktrain.precision import PRECISIONS
 from tasktrain.strategies.base import Strategy
 
-STRATEGY_NAMES = ("auto", "single", "ddp", "fsdp")
+#: ``strategy="deepspeed"`` is ZeRO stage 2; the ``deepspeed_stage_N`` names pick a stage.
+DEEPSPEED_STAGES = {"deepspeed": 2, "deepspeed_stage_1": 1, "deepspeed_stage_2": 2, "deepspeed_stage_3": 3}
+STRATEGY_NAMES = ("auto", "single", "ddp", "fsdp", *DEEPSPEED_STAGES)
 #: Strategy names that exist in the design but are not implemented yet.
-PLANNED_STRATEGIES = ("deepspeed", "tp")
+PLANNED_STRATEGIES = ("tp",)
 ACCELERATORS = ("auto", "cpu", "cuda", "mps")
 CLIP_ALGORITHMS = ("norm", "value")
 NONFINITE_POLICIES = ("raise", "skip")

@@ -65,8 +65,8 @@ def save_trainer_checkpoint(trainer: Trainer, path: str, max_shard_bytes: int | 
     trainer._call("on_save_checkpoint", state)
     optimizer_state: dict[str, Any] = {"precision": strategy.precision.state_dict()}
     setup = trainer._optim
-    if setup is not None:
-        optimizer_state["optimizer"] = strategy.optimizer_state_dict(setup.optimizer)
+    if setup is not None and (saved := strategy.optimizer_state_dict(setup.optimizer)) is not None:
+        optimizer_state["optimizer"] = saved
         if setup.scheduler is not None:
             optimizer_state["scheduler"] = setup.scheduler.scheduler.state_dict()
     rng = {"step": RngState.capture(sampler_generator(loader))}
@@ -97,8 +97,13 @@ def restore_trainer_checkpoint(trainer: Trainer, path: str) -> None:
     optimizer_state = read_optimizer_state(path)
     setup = trainer._optim
     assert setup is not None
-    if "optimizer" in optimizer_state:
-        trainer.strategy.load_optimizer_state_dict(setup.optimizer, optimizer_state["optimizer"])
+    if "optimizer" not in optimizer_state:
+        raise CheckpointError(
+            f"{path} holds no optimizer state (saved by strategy {state.get('strategy', {}).get('name')!r}, which "
+            "cannot save it yet), so training cannot resume from it; load its weights with "
+            "TaskModule.load_from_checkpoint(path) or validate/test(ckpt_path=...)"
+        )
+    trainer.strategy.load_optimizer_state_dict(setup.optimizer, optimizer_state["optimizer"])
     if setup.scheduler is not None and "scheduler" in optimizer_state:
         setup.scheduler.scheduler.load_state_dict(optimizer_state["scheduler"])
     trainer.strategy.precision.load_state_dict(optimizer_state.get("precision", {}))

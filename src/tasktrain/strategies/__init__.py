@@ -2,8 +2,9 @@
 
 from tasktrain.strategies.base import Strategy
 from tasktrain.strategies.ddp import DDP
+from tasktrain.strategies.deepspeed import DeepSpeed
 from tasktrain.strategies.fsdp import FSDP
 from tasktrain.strategies.parallel import ParallelStrategy
 from tasktrain.strategies.single import SingleDevice
 
-__all__ = ["DDP", "FSDP", "ParallelStrategy", "SingleDevice", "Strategy"]
+__all__ = ["DDP", "FSDP", "DeepSpeed", "ParallelStrategy", "SingleDevice", "Strategy"]

@@ -173,7 +173,8 @@ class Strategy:
         """The full, unsharded weights to save."""
         return module.state_dict()
 
-    def optimizer_state_dict(self, optimizer: Optimizer) -> dict[str, Any]:
+    def optimizer_state_dict(self, optimizer: Optimizer) -> dict[str, Any] | None:
+        """The optimizer state to save (None: this strategy cannot save it, so it cannot resume)."""
         return optimizer.state_dict()
 
     def load_module_state_dict(self, module: nn.Module, weights: dict[str, Tensor]) -> None:

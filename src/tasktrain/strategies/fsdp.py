@@ -101,7 +101,7 @@ class FSDP(ParallelStrategy):
     def module_state_dict(self, module: nn.Module) -> dict[str, Tensor]:
         return get_model_state_dict(module, options=_FULL)  # type: ignore[return-value]  # tensors only, no nested dicts
 
-    def optimizer_state_dict(self, optimizer: Optimizer) -> dict[str, Any]:
+    def optimizer_state_dict(self, optimizer: Optimizer) -> dict[str, Any] | None:
         assert self.model is not None
         return get_optimizer_state_dict(self.model, optimizer, options=_FULL)  # type: ignore[arg-type]
 
