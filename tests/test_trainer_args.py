@@ -97,8 +97,8 @@ def test_planned_features_say_so(kwargs: dict[str, Any], fragment: str):
 
 def test_planned_strategy_lists_available():
     with pytest.raises(NotImplementedError) as info:
-        tt.Trainer(**QUIET, strategy="deepspeed")
-    assert "'auto'" in str(info.value) and "'single'" in str(info.value)
+        tt.Trainer(**QUIET, strategy="tp")
+    assert "'auto'" in str(info.value) and "'ddp'" in str(info.value) and "'deepspeed_stage_3'" in str(info.value)
 
 
 def test_strategy_object_with_accelerator_conflicts():
