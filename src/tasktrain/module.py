@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
     from torch.optim import Optimizer
     from torch.utils.data import DataLoader
 
@@ -198,6 +199,17 @@ class TaskModule(nn.Module, Generic[BatchT]):
 
     def configure_model(self) -> None:
         """Build large layers late (called once before the strategy wraps the module)."""
+
+    def parallelize(self, mesh: DeviceMesh) -> None:
+        """Apply this model's tensor-parallel plan over ``mesh`` (needed by ``strategy="tp"``).
+
+        Example:
+            >>> def parallelize(self, mesh):  # doctest: +SKIP
+            ...     parallelize_module(self.mlp, mesh, {"up": ColwiseParallel(), "down": RowwiseParallel()})
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} has no tensor-parallel plan: implement parallelize(mesh)"
+        )
 
     def train_dataloader(self) -> DataLoader[Any]:
         raise NotImplementedError(

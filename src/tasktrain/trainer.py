@@ -38,7 +38,7 @@ from tasktrain.optim import OptimizerSetup, parse_optimizers
 from tasktrain.precision import build_precision
 from tasktrain.seed import seed_everything
 from tasktrain.state import TrainState
-from tasktrain.strategies import DDP, FSDP, DeepSpeed, SingleDevice, Strategy
+from tasktrain.strategies import DDP, FSDP, DeepSpeed, SingleDevice, Strategy, TensorParallel
 from tasktrain.strategies.launcher import spawn
 from tasktrain.strategies.single import default_device
 from tasktrain.trainer_args import DEEPSPEED_STAGES, TrainerArgs
@@ -191,6 +191,7 @@ class Trainer:
             >>> result = Trainer(max_steps=10).fit(model, loader)  # doctest: +SKIP
             >>> result.metrics["train_steps_per_second"]            # doctest: +SKIP
         """
+        self.strategy.check_module(module)
         if self.strategy.needs_launch:  # devices=N: run this fit in N new processes
             payload = spawn(
                 _fit_in_worker,
@@ -397,6 +398,8 @@ def _build_strategy(args: TrainerArgs) -> Strategy:
         devices = args.devices if isinstance(args.devices, int) else 1
         if args.strategy == "fsdp":
             return FSDP(devices, args.accelerator, precision=build_precision(args.precision))
+        if args.strategy == "tp":
+            return TensorParallel(devices, args.accelerator, precision=build_precision(args.precision))
         if args.strategy in DEEPSPEED_STAGES:
             strategy = DeepSpeed(
                 devices, args.accelerator, build_precision(args.precision), DEEPSPEED_STAGES[args.strategy]

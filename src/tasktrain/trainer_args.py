@@ -17,9 +17,7 @@ from tasktrain.strategies.base import Strategy
 
 #: ``strategy="deepspeed"`` is ZeRO stage 2; the ``deepspeed_stage_N`` names pick a stage.
 DEEPSPEED_STAGES = {"deepspeed": 2, "deepspeed_stage_1": 1, "deepspeed_stage_2": 2, "deepspeed_stage_3": 3}
-STRATEGY_NAMES = ("auto", "single", "ddp", "fsdp", *DEEPSPEED_STAGES)
-#: Strategy names that exist in the design but are not implemented yet.
-PLANNED_STRATEGIES = ("tp",)
+STRATEGY_NAMES = ("auto", "single", "ddp", "fsdp", "tp", *DEEPSPEED_STAGES)
 ACCELERATORS = ("auto", "cpu", "cuda", "mps")
 CLIP_ALGORITHMS = ("norm", "value")
 NONFINITE_POLICIES = ("raise", "skip")
@@ -102,12 +100,7 @@ class TrainerArgs:
                 "decides; leave accelerator='auto'"
             )
         if not isinstance(self.strategy, Strategy):
-            if self.strategy in PLANNED_STRATEGIES:
-                raise NotImplementedError(
-                    f"Trainer(strategy={self.strategy!r}) is not implemented yet; available: {list(STRATEGY_NAMES)} "
-                    "or a Strategy object"
-                )
-            _choice("strategy", self.strategy, STRATEGY_NAMES + PLANNED_STRATEGIES)
+            _choice("strategy", self.strategy, STRATEGY_NAMES)
         devices = self.devices
         if devices == "auto" or (type(devices) is int and devices == 1):
             return

@@ -135,8 +135,9 @@ class AccumulationLoop(Loop):
         local = torch.stack([torch.as_tensor(c, device=device).to(torch.int64).reshape(()) for c in counts])
         local_total = local.sum()
         self.items_seen.add(local_total)
-        # Data-parallel strategies average gradients over ranks, hence the factor dp_size.
-        global_total = ctx.strategy.reduce(local_total, "sum")
+        # The sum over all ranks counts each batch once per replica of it (tensor-parallel ranks
+        # share batches), hence dp / world. Gradients are averaged over the dp ranks, hence dp again.
+        global_total = ctx.strategy.reduce(local_total, "sum") * dp_size / ctx.strategy.world_size
         return list((local * dp_size / global_total).float().unbind())
 
     def _counts_items(self, module: TaskModule[Any]) -> bool:

@@ -6,5 +6,6 @@ from tasktrain.strategies.deepspeed import DeepSpeed
 from tasktrain.strategies.fsdp import FSDP
 from tasktrain.strategies.parallel import ParallelStrategy
 from tasktrain.strategies.single import SingleDevice
+from tasktrain.strategies.tensor_parallel import TensorParallel
 
-__all__ = ["DDP", "FSDP", "DeepSpeed", "ParallelStrategy", "SingleDevice", "Strategy"]
+__all__ = ["DDP", "FSDP", "DeepSpeed", "ParallelStrategy", "SingleDevice", "Strategy", "TensorParallel"]

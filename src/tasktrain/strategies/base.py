@@ -88,6 +88,9 @@ class Strategy:
         """The dataloader as this rank should read it (data-parallel strategies shard it)."""
         return dataloader
 
+    def check_module(self, module: nn.Module) -> None:
+        """Fail early (before any process starts) if ``module`` cannot run under this strategy."""
+
     def setup_module(self, module: nn.Module) -> nn.Module:
         """Move (and, in subclasses, shard) the module in place, and return it.
 

@@ -7,29 +7,22 @@ just before it runs. Every step goes through the root module's ``forward`` so FS
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
+from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.optim import Optimizer
 
 from tasktrain.precision import Precision
 from tasktrain.strategies.ddp import _StepRouter
+from tasktrain.strategies.dtensor import DTensorState, full_tensor, gradient_sync
 from tasktrain.strategies.parallel import ParallelStrategy
 
-_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
-
-class FSDP(ParallelStrategy):
+class FSDP(DTensorState, ParallelStrategy):
     """Shard the module with FSDP2: each module of a class in ``shard_modules`` becomes its own unit.
 
     Args:
@@ -59,16 +52,13 @@ class FSDP(ParallelStrategy):
         self.shard_modules = tuple(shard_modules)
         self.reshard_after_forward = reshard_after_forward
         self.model: FSDPModule | None = None
+        self.module: nn.Module | None = None
 
     def setup_module(self, module: nn.Module) -> nn.Module:
-        module = self.precision.convert_module(module).to(self.root_device)
-        policy = self._mixed_precision_policy()
-        for submodule in module.modules():
-            if self.shard_modules and isinstance(submodule, self.shard_modules):
-                fully_shard(submodule, mp_policy=policy, reshard_after_forward=self.reshard_after_forward)
-        router = _StepRouter(module)
-        fully_shard(router, mp_policy=policy, reshard_after_forward=self.reshard_after_forward)
-        self.model = router  # type: ignore[assignment]  # fully_shard turned the router into an FSDPModule
+        self.module = module = self.precision.convert_module(module).to(self.root_device)
+        self.model = apply_fsdp(
+            module, self.shard_modules, self._mixed_precision_policy(), self.reshard_after_forward
+        )
         return module
 
     def forward_step(self, step: Callable[[Any, int], Any], batch: Any, batch_idx: int) -> Any:
@@ -76,48 +66,39 @@ class FSDP(ParallelStrategy):
         return self.model(step, batch, batch_idx)  # type: ignore[operator]
 
     def no_backward_sync(self, enabled: bool) -> AbstractContextManager[Any]:
-        return self._gradient_sync(not enabled)
-
-    @contextmanager
-    def _gradient_sync(self, sync: bool) -> Any:
         assert self.model is not None
-        if sync:
-            yield
-            return
-        self.model.set_requires_gradient_sync(False)
-        try:
-            yield
-        finally:
-            self.model.set_requires_gradient_sync(True)
+        return gradient_sync(self.model, sync=not enabled)
 
     def clip_gradients(
         self, module: nn.Module, optimizer: Optimizer, value: float, algorithm: str
     ) -> Tensor | None:
-        norm = super().clip_gradients(module, optimizer, value, algorithm)
-        full = getattr(norm, "full_tensor", None)  # the norm of sharded gradients is a DTensor
-        return full() if callable(full) else norm
-
-    # -- checkpoints: full tensors, gathered (every rank must call these) -------------------------
-    def module_state_dict(self, module: nn.Module) -> dict[str, Tensor]:
-        return get_model_state_dict(module, options=_FULL)  # type: ignore[return-value]  # tensors only, no nested dicts
-
-    def optimizer_state_dict(self, optimizer: Optimizer) -> dict[str, Any] | None:
-        assert self.model is not None
-        return get_optimizer_state_dict(self.model, optimizer, options=_FULL)  # type: ignore[arg-type]
-
-    def load_module_state_dict(self, module: nn.Module, weights: dict[str, Tensor]) -> None:
-        set_model_state_dict(module, dict(weights), options=StateDictOptions(full_state_dict=True))
-
-    def load_optimizer_state_dict(self, optimizer: Optimizer, state: dict[str, Any]) -> None:
-        assert self.model is not None
-        set_optimizer_state_dict(
-            self.model,  # type: ignore[arg-type]
-            optimizer,
-            state,
-            options=StateDictOptions(full_state_dict=True),
-        )
+        return full_tensor(super().clip_gradients(module, optimizer, value, algorithm))
 
     def _mixed_precision_policy(self) -> MixedPrecisionPolicy:
         if self.precision.name == "bf16-mixed":
             return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         return MixedPrecisionPolicy()
+
+
+def apply_fsdp(
+    module: nn.Module,
+    shard_modules: tuple[type[nn.Module], ...],
+    policy: MixedPrecisionPolicy,
+    reshard_after_forward: bool = True,
+    mesh: DeviceMesh | None = None,
+) -> FSDPModule:
+    """Shard each submodule of a ``shard_modules`` class, then the rest under a step router.
+
+    Returns the root FSDP unit, whose ``forward(step, batch, batch_idx)`` runs a module step.
+    """
+    options: dict[str, Any] = {
+        "mp_policy": policy,
+        "reshard_after_forward": reshard_after_forward,
+        "mesh": mesh,
+    }
+    for submodule in module.modules():
+        if shard_modules and isinstance(submodule, shard_modules):
+            fully_shard(submodule, **options)
+    router = _StepRouter(module)
+    fully_shard(router, **options)
+    return router  # type: ignore[return-value]  # fully_shard made it an FSDPModule

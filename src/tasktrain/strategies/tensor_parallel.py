@@ -1,0 +1,99 @@
+"""``TensorParallel``: the module's own tensor-parallel plan, optionally FSDP-sharded on a 2-D mesh."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+from lightning_utilities.core.overrides import is_overridden
+from torch import Tensor, nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
+from torch.optim import Optimizer
+
+from tasktrain.precision import Precision
+from tasktrain.strategies.dtensor import DTensorState, full_tensor, gradient_sync
+from tasktrain.strategies.fsdp import apply_fsdp
+from tasktrain.strategies.parallel import ParallelStrategy
+
+
+class TensorParallel(DTensorState, ParallelStrategy):
+    """Split layers across ``tp_size`` ranks with the plan in ``TaskModule.parallelize(mesh)``.
+
+    The ranks form a ``(dp, tp)`` mesh with ``dp = world_size // tp_size``. Ranks of one TP group
+    see the same batches; with ``dp > 1`` the model is also FSDP-sharded over the ``dp`` dimension
+    (FSDP × TP). ``tp_size`` defaults to every rank (pure tensor parallelism).
+
+    Example:
+        >>> class Net(tt.TaskModule):  # doctest: +SKIP
+        ...     def parallelize(self, mesh):
+        ...         parallelize_module(self.mlp, mesh, {"up": ColwiseParallel(), "down": RowwiseParallel()})
+        >>> trainer = tt.Trainer(strategy=TensorParallel(4, tp_size=2))  # doctest: +SKIP
+    """
+
+    name = "tp"
+
+    def __init__(
+        self,
+        num_processes: int = 1,
+        accelerator: str = "auto",
+        precision: Precision | None = None,
+        tp_size: int | None = None,
+    ) -> None:
+        super().__init__(num_processes, accelerator, precision)
+        self.tp_size = tp_size
+        self.mesh: DeviceMesh | None = None
+        self.module: nn.Module | None = None
+        self.model: FSDPModule | None = None  # the FSDP root when dp > 1
+
+    @property
+    def tensor_parallel_size(self) -> int:
+        size = self.tp_size or self.world_size
+        if self.world_size % size:
+            raise ValueError(f"TensorParallel(tp_size={size}) must divide the world size {self.world_size}")
+        return size
+
+    @property
+    def data_parallel_size(self) -> int:
+        return self.world_size // self.tensor_parallel_size
+
+    @property
+    def data_parallel_rank(self) -> int:
+        return self.global_rank // self.tensor_parallel_size
+
+    def check_module(self, module: nn.Module) -> None:
+        from tasktrain.module import TaskModule
+
+        if isinstance(module, TaskModule) and not is_overridden("parallelize", module, parent=TaskModule):
+            raise ValueError(
+                f"strategy='tp' needs {type(module).__name__}.parallelize(mesh) to apply the tensor-parallel plan "
+                "(e.g. with torch.distributed.tensor.parallel.parallelize_module)"
+            )
+
+    def setup_environment(self) -> None:
+        super().setup_environment()
+        shape = (self.data_parallel_size, self.tensor_parallel_size)
+        self.mesh = init_device_mesh(self.root_device.type, shape, mesh_dim_names=("dp", "tp"))
+
+    def setup_module(self, module: nn.Module) -> nn.Module:
+        assert self.mesh is not None
+        self.check_module(module)
+        self.module = module = self.precision.convert_module(module).to(self.root_device)
+        module.parallelize(self.mesh["tp"])  # type: ignore[operator]
+        if self.data_parallel_size > 1:
+            self.model = apply_fsdp(module, (), MixedPrecisionPolicy(), mesh=self.mesh["dp"])
+        return module
+
+    def forward_step(self, step: Callable[[Any, int], Any], batch: Any, batch_idx: int) -> Any:
+        if self.model is not None:
+            return self.model(step, batch, batch_idx)  # type: ignore[operator]
+        return step(batch, batch_idx)
+
+    def no_backward_sync(self, enabled: bool) -> AbstractContextManager[Any]:
+        return gradient_sync(self.model, sync=not enabled) if self.model is not None else nullcontext()
+
+    def clip_gradients(
+        self, module: nn.Module, optimizer: Optimizer, value: float, algorithm: str
+    ) -> Tensor | None:
+        return full_tensor(super().clip_gradients(module, optimizer, value, algorithm))
