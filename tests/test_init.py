@@ -7,7 +7,17 @@ import sys
 
 import tasktrain as tt
 
-LAZY = ("torchmetrics", "deepspeed", "jsonargparse", "optuna", "tensorboard")
+LAZY = (
+    "torchmetrics",
+    "deepspeed",
+    "jsonargparse",
+    "optuna",
+    "tensorboard",
+    # ~1 s together: loaded only when a sharded strategy or a checkpoint needs them
+    "torch.distributed.fsdp",
+    "torch.distributed.tensor",
+    "torch.distributed.checkpoint",
+)
 
 
 def _imported_after(statement: str) -> list[str]:
@@ -22,7 +32,8 @@ def test_import_tasktrain_does_not_import_optional_dependencies():
 
 def test_importing_the_public_subpackages_stays_light():
     statement = (
-        "import tasktrain, tasktrain.callbacks, tasktrain.loggers, tasktrain.loops, tasktrain.checkpoint"
+        "import tasktrain, tasktrain.callbacks, tasktrain.loggers, tasktrain.loops, tasktrain.checkpoint, "
+        "tasktrain.strategies"
     )
     assert _imported_after(statement) == []
 

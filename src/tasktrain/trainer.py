@@ -38,7 +38,7 @@ from tasktrain.optim import OptimizerSetup, parse_optimizers
 from tasktrain.precision import build_precision
 from tasktrain.seed import seed_everything
 from tasktrain.state import TrainState
-from tasktrain.strategies import DDP, FSDP, DeepSpeed, SingleDevice, Strategy, TensorParallel
+from tasktrain.strategies import DDP, SingleDevice, Strategy
 from tasktrain.strategies.launcher import spawn
 from tasktrain.strategies.single import default_device
 from tasktrain.trainer_args import DEEPSPEED_STAGES, TrainerArgs
@@ -394,36 +394,45 @@ def _fit_in_worker(
 
 
 def _build_strategy(args: TrainerArgs) -> Strategy:
-    if not isinstance(args.strategy, Strategy):
-        devices = args.devices if isinstance(args.devices, int) else 1
-        if args.strategy == "fsdp":
-            return FSDP(devices, args.accelerator, precision=build_precision(args.precision))
-        if args.strategy == "tp":
-            return TensorParallel(devices, args.accelerator, precision=build_precision(args.precision))
-        if args.strategy in DEEPSPEED_STAGES:
-            strategy = DeepSpeed(
-                devices, args.accelerator, build_precision(args.precision), DEEPSPEED_STAGES[args.strategy]
-            )
-            strategy.configure(
-                args.accumulate_grad_batches, args.gradient_clip_val, args.gradient_clip_algorithm
-            )
-            return strategy
-        if args.strategy == "ddp" or (args.strategy == "auto" and devices > 1):
-            return DDP(devices, args.accelerator, precision=build_precision(args.precision))
-        return SingleDevice(default_device(args.accelerator), build_precision(args.precision))
-    if args.strategy.precision_given:
-        if args.precision != "32-true" and args.precision != args.strategy.precision.name:
-            raise ValueError(
-                f"Trainer(precision={args.precision!r}) conflicts with the strategy's own precision plugin "
-                f"{args.strategy.precision.name!r}; give precision in one place"
-            )
-    else:
-        args.strategy.precision = build_precision(args.precision)
-    if isinstance(args.strategy, DeepSpeed):
-        args.strategy.configure(
-            args.accumulate_grad_batches, args.gradient_clip_val, args.gradient_clip_algorithm
+    if isinstance(args.strategy, Strategy):
+        return _adopt_strategy(args)
+    devices = args.devices if isinstance(args.devices, int) else 1
+    precision = build_precision(args.precision)
+    name = "ddp" if args.strategy == "auto" and devices > 1 else args.strategy
+    if name in ("auto", "single"):
+        return SingleDevice(default_device(args.accelerator), precision)
+    if name == "ddp":
+        return DDP(devices, args.accelerator, precision)
+    if name == "fsdp":  # the sharded strategies are imported on use: their torch modules are slow to import
+        from tasktrain.strategies.fsdp import FSDP
+
+        return FSDP(devices, args.accelerator, precision)
+    if name == "tp":
+        from tasktrain.strategies.tensor_parallel import TensorParallel
+
+        return TensorParallel(devices, args.accelerator, precision)
+    from tasktrain.strategies.deepspeed import DeepSpeed
+
+    strategy = DeepSpeed(devices, args.accelerator, precision, DEEPSPEED_STAGES[name])
+    strategy.configure(args.accumulate_grad_batches, args.gradient_clip_val, args.gradient_clip_algorithm)
+    return strategy
+
+
+def _adopt_strategy(args: TrainerArgs) -> Strategy:
+    """A user's Strategy object: give it the Trainer's precision unless it brought its own."""
+    strategy = args.strategy
+    assert isinstance(strategy, Strategy)
+    if not strategy.precision_given:
+        strategy.precision = build_precision(args.precision)
+    elif args.precision not in ("32-true", strategy.precision.name):
+        raise ValueError(
+            f"Trainer(precision={args.precision!r}) conflicts with the strategy's own precision plugin "
+            f"{strategy.precision.name!r}; give precision in one place"
         )
-    return args.strategy
+    configure = getattr(strategy, "configure", None)  # strategies that carry Trainer settings (DeepSpeed)
+    if callable(configure):
+        configure(args.accumulate_grad_batches, args.gradient_clip_val, args.gradient_clip_algorithm)
+    return strategy
 
 
 def _build_callbacks(args: TrainerArgs) -> list[Callback]:

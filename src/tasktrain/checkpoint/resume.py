@@ -65,7 +65,7 @@ def save_trainer_checkpoint(trainer: Trainer, path: str, max_shard_bytes: int | 
     trainer._call("on_save_checkpoint", state)
     optimizer_state: dict[str, Any] = {"precision": strategy.precision.state_dict()}
     setup = trainer._optim
-    if setup is not None and (saved := strategy.optimizer_state_dict(setup.optimizer)) is not None:
+    if setup is not None and (saved := strategy.optimizer_state_dict(module, setup.optimizer)) is not None:
         optimizer_state["optimizer"] = saved
         if setup.scheduler is not None:
             optimizer_state["scheduler"] = setup.scheduler.scheduler.state_dict()
@@ -93,6 +93,8 @@ def restore_weights(trainer: Trainer, path: str) -> dict[str, Any]:
 def restore_trainer_checkpoint(trainer: Trainer, path: str) -> None:
     """Put weights, optimizer, scheduler, scaler, loops, callbacks, RNG and data position back."""
     state = restore_weights(trainer, path)
+    module = trainer.module
+    assert module is not None
     _check_compatible(trainer, state, path)
     optimizer_state = read_optimizer_state(path)
     setup = trainer._optim
@@ -103,7 +105,7 @@ def restore_trainer_checkpoint(trainer: Trainer, path: str) -> None:
             "cannot save it yet), so training cannot resume from it; load its weights with "
             "TaskModule.load_from_checkpoint(path) or validate/test(ckpt_path=...)"
         )
-    trainer.strategy.load_optimizer_state_dict(setup.optimizer, optimizer_state["optimizer"])
+    trainer.strategy.load_optimizer_state_dict(module, setup.optimizer, optimizer_state["optimizer"])
     if setup.scheduler is not None and "scheduler" in optimizer_state:
         setup.scheduler.scheduler.load_state_dict(optimizer_state["scheduler"])
     trainer.strategy.precision.load_state_dict(optimizer_state.get("precision", {}))

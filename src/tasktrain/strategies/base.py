@@ -171,21 +171,37 @@ class Strategy:
     def barrier(self) -> None:
         pass
 
-    # -- checkpoints -----------------------------------------------------------------------------
+    # -- checkpoints ----------------------------------------------------------------------------
+    # Full, unsharded tensors keyed by the module's parameter names, for every strategy: a
+    # checkpoint saved under one strategy and world size loads under any other. Sharded
+    # strategies gather inside these calls, so every rank must make them. (torch's state-dict
+    # helpers are imported here, not at the top: they pull in torch.distributed.tensor, ~1 s.)
     def module_state_dict(self, module: nn.Module) -> dict[str, Tensor]:
-        """The full, unsharded weights to save."""
-        return module.state_dict()
+        """The full weights to save (gathered to rank 0 under sharded strategies)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    def optimizer_state_dict(self, optimizer: Optimizer) -> dict[str, Any] | None:
-        """The optimizer state to save (None: this strategy cannot save it, so it cannot resume)."""
-        return optimizer.state_dict()
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_model_state_dict(module, options=options)  # type: ignore[return-value]  # tensors only
+
+    def optimizer_state_dict(self, module: nn.Module, optimizer: Optimizer) -> dict[str, Any] | None:
+        """The optimizer state to save, keyed by parameter name (None: this strategy cannot save it)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_optimizer_state_dict(module, optimizer, options=options)
 
     def load_module_state_dict(self, module: nn.Module, weights: dict[str, Tensor]) -> None:
-        """Load full (unsharded) weights, as ``module_state_dict`` returns them."""
-        module.load_state_dict(weights)
+        """Load full weights, as ``module_state_dict`` returns them."""
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
-    def load_optimizer_state_dict(self, optimizer: Optimizer, state: dict[str, Any]) -> None:
-        optimizer.load_state_dict(state)
+        set_model_state_dict(module, dict(weights))
+
+    def load_optimizer_state_dict(
+        self, module: nn.Module, optimizer: Optimizer, state: dict[str, Any]
+    ) -> None:
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+        set_optimizer_state_dict(module, optimizer, state)
 
     @contextmanager
     def module_init_context(self) -> Iterator[None]:

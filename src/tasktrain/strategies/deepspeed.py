@@ -139,9 +139,9 @@ class DeepSpeed(ParallelStrategy):
         if self.stage == 3:  # parameters are partitioned: gather them (rank 0 gets the full dict)
             gathered = self.engine._zero3_consolidated_16bit_state_dict() or {}
             return {k.removeprefix("module."): v for k, v in gathered.items()}
-        return module.state_dict()
+        return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
-    def optimizer_state_dict(self, optimizer: Optimizer) -> dict[str, Any] | None:
+    def optimizer_state_dict(self, module: nn.Module, optimizer: Optimizer) -> dict[str, Any] | None:
         return None  # partitioned ZeRO state is not saved yet: checkpoints hold weights, resume refuses
 
 

@@ -18,11 +18,11 @@ from torch.optim import Optimizer
 
 from tasktrain.precision import Precision
 from tasktrain.strategies.ddp import _StepRouter
-from tasktrain.strategies.dtensor import DTensorState, full_tensor, gradient_sync
+from tasktrain.strategies.dtensor import LoadsFullState, full_tensor, gradient_sync
 from tasktrain.strategies.parallel import ParallelStrategy
 
 
-class FSDP(DTensorState, ParallelStrategy):
+class FSDP(LoadsFullState, ParallelStrategy):
     """Shard the module with FSDP2: each module of a class in ``shard_modules`` becomes its own unit.
 
     Args:

@@ -13,12 +13,12 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 from torch.optim import Optimizer
 
 from tasktrain.precision import Precision
-from tasktrain.strategies.dtensor import DTensorState, full_tensor, gradient_sync
+from tasktrain.strategies.dtensor import LoadsFullState, full_tensor, gradient_sync
 from tasktrain.strategies.fsdp import apply_fsdp
 from tasktrain.strategies.parallel import ParallelStrategy
 
 
-class TensorParallel(DTensorState, ParallelStrategy):
+class TensorParallel(LoadsFullState, ParallelStrategy):
     """Split layers across ``tp_size`` ranks with the plan in ``TaskModule.parallelize(mesh)``.
 
     The ranks form a ``(dp, tp)`` mesh with ``dp = world_size // tp_size``. Ranks of one TP group
