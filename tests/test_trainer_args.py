@@ -97,7 +97,11 @@ def test_planned_features_say_so(kwargs: dict[str, Any], fragment: str):
 def test_unknown_strategy_lists_available():
     with pytest.raises(ValueError) as info:
         tt.Trainer(**QUIET, strategy="horovod")
-    assert "'auto'" in str(info.value) and "'ddp'" in str(info.value) and "'deepspeed_stage_3'" in str(info.value)
+    assert (
+        "'auto'" in str(info.value)
+        and "'ddp'" in str(info.value)
+        and "'deepspeed_stage_3'" in str(info.value)
+    )
 
 
 def test_strategy_object_with_accelerator_conflicts():

@@ -248,7 +248,18 @@ class Trainer:
         dataloaders: DataLoader[Any] | None = None,
         ckpt_path: str | None = None,
     ) -> list[Any]:
-        """Return ``predict_step``'s output for every batch, in order."""
+        """Return ``predict_step``'s output for every batch, in order.
+
+        Under a multi-process strategy every rank predicts the whole dataloader (so the order is
+        the loader's), and rank 0's outputs are returned.
+        """
+        self.strategy.check_module(module)
+        if self.strategy.needs_launch:
+            return spawn(
+                _call_in_worker,
+                (self, "predict", module, dataloaders, ckpt_path),
+                self.strategy.num_processes,
+            )["result"]
         with self._run(module, "predict"):
             self._load_weights(ckpt_path)
             loader = dataloaders if dataloaders is not None else module.predict_dataloader()
@@ -331,6 +342,12 @@ class Trainer:
         stage: str,
         loop: EvaluationLoop,
     ) -> list[dict[str, float]]:
+        self.strategy.check_module(module)
+        if self.strategy.needs_launch:  # devices=N: evaluate in N new processes, each on its shard
+            payload = spawn(
+                _call_in_worker, (self, stage, module, dataloaders, ckpt_path), self.strategy.num_processes
+            )
+            return payload["result"]
         with self._run(module, stage):
             self._load_weights(ckpt_path)
             hook = module.val_dataloader if stage == "validate" else module.test_dataloader
@@ -339,6 +356,7 @@ class Trainer:
                 raise ValueError(
                     f"Trainer.{stage}(): no dataloader; pass dataloaders= or implement {type(module).__name__}.val_dataloader()"
                 )
+            loader = self.strategy.process_dataloader(loader, self.args.seed or 0)  # each rank: its own shard
             return [loop.run(self._context(module), loader)]
 
     def _fit_result(self, runtime: float, steps: int, samples: int, items: int) -> FitResult:
@@ -393,6 +411,20 @@ def _fit_in_worker(
         trainer.strategy.teardown()
 
 
+def _call_in_worker(
+    trainer: Trainer,
+    method: str,
+    module: TaskModule[Any],
+    dataloaders: DataLoader[Any] | None,
+    ckpt_path: str | None,
+) -> dict[str, Any]:
+    """One rank's validate/test/predict, started by :func:`~tasktrain.strategies.launcher.spawn`."""
+    try:
+        return {"result": getattr(trainer, method)(module, dataloaders, ckpt_path)}
+    finally:
+        trainer.strategy.teardown()
+
+
 def _build_strategy(args: TrainerArgs) -> Strategy:
     if isinstance(args.strategy, Strategy):
         return _adopt_strategy(args)
@@ -413,7 +445,7 @@ def _build_strategy(args: TrainerArgs) -> Strategy:
         return TensorParallel(devices, args.accelerator, precision)
     from tasktrain.strategies.deepspeed import DeepSpeed
 
-    strategy = DeepSpeed(devices, args.accelerator, precision, DEEPSPEED_STAGES[name])
+    strategy = DeepSpeed(devices, args.accelerator, precision, stage=DEEPSPEED_STAGES[name])
     strategy.configure(args.accumulate_grad_batches, args.gradient_clip_val, args.gradient_clip_algorithm)
     return strategy
 

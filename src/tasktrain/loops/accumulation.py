@@ -151,6 +151,8 @@ class AccumulationLoop(Loop):
 
     def _loss_of(self, outputs: Any, ctx: LoopContext, i: int, n: int, batch_idx: int) -> Tensor:
         loss = outputs
+        if isinstance(outputs, Tensor) and outputs.ndim == 0:  # the usual case first: the ABC check is slower
+            return outputs
         if isinstance(outputs, Mapping):
             loss = outputs.get("loss")
         elif isinstance(outputs, tuple) and outputs:

@@ -300,6 +300,10 @@ def _grouped(
 ) -> Iterator[list[tuple[int, Any]]]:
     """Yield lists of ``size`` (batch_idx, batch) moved to the device; the last list may be shorter."""
     to_device = ctx.strategy.batch_to_device
+    if size == 1:  # the common case, on the per-step hot path: no slicing
+        for i, batch in batches:
+            yield [(i, to_device(batch))]
+        return
     while True:
         group = [(i, to_device(b)) for i, b in itertools.islice(batches, size)]
         if not group:

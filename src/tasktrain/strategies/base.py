@@ -28,6 +28,8 @@ def _rank_from_environment() -> int:
     return 0
 
 
+_NO_CONTEXT = nullcontext()  # reusable; saves an allocation per micro-batch
+
 # Rank-zero-only helpers need a rank before any strategy is set up; strategies update it.
 if not hasattr(rank_zero_only, "rank"):
     rank_zero_only.rank = _rank_from_environment()  # type: ignore[attr-defined]
@@ -128,7 +130,7 @@ class Strategy:
 
     def no_backward_sync(self, enabled: bool) -> AbstractContextManager[Any]:
         """Skip gradient synchronisation in backward while ``enabled`` (all but the last micro-batch)."""
-        return nullcontext()
+        return _NO_CONTEXT
 
     def backward(self, loss: Tensor) -> None:
         self.precision.backward(loss)

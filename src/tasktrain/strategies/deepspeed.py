@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -17,7 +18,7 @@ from torch.optim import Optimizer
 
 from tasktrain.precision import Precision
 from tasktrain.strategies.ddp import _StepRouter
-from tasktrain.strategies.parallel import ParallelStrategy
+from tasktrain.strategies.parallel import DEFAULT_TIMEOUT, ParallelStrategy
 
 _STAGES = (1, 2, 3)
 
@@ -43,12 +44,13 @@ class DeepSpeed(ParallelStrategy):
         num_processes: int = 1,
         accelerator: str = "auto",
         precision: Precision | None = None,
+        timeout: timedelta = DEFAULT_TIMEOUT,
         stage: int = 2,
         config: Mapping[str, Any] | str | None = None,
     ) -> None:
         if stage not in _STAGES:
             raise ValueError(f"DeepSpeed(stage={stage!r}): accepted values are {list(_STAGES)}")
-        super().__init__(num_processes, accelerator, precision)
+        super().__init__(num_processes, accelerator, precision, timeout)
         self.stage = stage
         self.user_config = _read_config(config)
         self.accumulate_grad_batches = 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ from torch.optim import Optimizer
 from tasktrain.precision import Precision
 from tasktrain.strategies.ddp import _StepRouter
 from tasktrain.strategies.dtensor import LoadsFullState, full_tensor, gradient_sync
-from tasktrain.strategies.parallel import ParallelStrategy
+from tasktrain.strategies.parallel import DEFAULT_TIMEOUT, ParallelStrategy
 
 
 class FSDP(LoadsFullState, ParallelStrategy):
@@ -45,10 +46,11 @@ class FSDP(LoadsFullState, ParallelStrategy):
         num_processes: int = 1,
         accelerator: str = "auto",
         precision: Precision | None = None,
+        timeout: timedelta = DEFAULT_TIMEOUT,
         shard_modules: Iterable[type[nn.Module]] = (),
         reshard_after_forward: bool = True,
     ) -> None:
-        super().__init__(num_processes, accelerator, precision)
+        super().__init__(num_processes, accelerator, precision, timeout)
         self.shard_modules = tuple(shard_modules)
         self.reshard_after_forward = reshard_after_forward
         self.model: FSDPModule | None = None

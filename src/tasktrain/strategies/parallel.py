@@ -15,6 +15,7 @@ from tasktrain.data import with_distributed_sampler
 from tasktrain.precision import Precision
 from tasktrain.strategies.base import Strategy
 
+DEFAULT_TIMEOUT = timedelta(minutes=10)
 _REDUCE_OPS = {
     "sum": dist.ReduceOp.SUM,
     "max": dist.ReduceOp.MAX,
@@ -40,7 +41,7 @@ class ParallelStrategy(Strategy):
         num_processes: int = 1,
         accelerator: str = "auto",
         precision: Precision | None = None,
-        timeout: timedelta = timedelta(minutes=10),
+        timeout: timedelta = DEFAULT_TIMEOUT,
     ) -> None:
         super().__init__("cpu", precision)
         self._num_processes = num_processes

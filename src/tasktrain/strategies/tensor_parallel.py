@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from datetime import timedelta
 from typing import Any
 
 from lightning_utilities.core.overrides import is_overridden
@@ -15,7 +16,7 @@ from torch.optim import Optimizer
 from tasktrain.precision import Precision
 from tasktrain.strategies.dtensor import LoadsFullState, full_tensor, gradient_sync
 from tasktrain.strategies.fsdp import apply_fsdp
-from tasktrain.strategies.parallel import ParallelStrategy
+from tasktrain.strategies.parallel import DEFAULT_TIMEOUT, ParallelStrategy
 
 
 class TensorParallel(LoadsFullState, ParallelStrategy):
@@ -39,9 +40,10 @@ class TensorParallel(LoadsFullState, ParallelStrategy):
         num_processes: int = 1,
         accelerator: str = "auto",
         precision: Precision | None = None,
+        timeout: timedelta = DEFAULT_TIMEOUT,
         tp_size: int | None = None,
     ) -> None:
-        super().__init__(num_processes, accelerator, precision)
+        super().__init__(num_processes, accelerator, precision, timeout)
         self.tp_size = tp_size
         self.mesh: DeviceMesh | None = None
         self.module: nn.Module | None = None

@@ -1,0 +1,48 @@
+"""FSDP2 (``fully_shard``) with two CPU processes (gloo), checked against single-process references.
+
+The two ranks are started once for the whole module (``ranks`` fixture) and run every scenario
+of ``_dist_workers.SCENARIOS["fsdp"]`` with ``FSDP()`` strategy objects; see ``test_ddp.py`` for
+how the global data maps onto the ranks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import _dist_checks as checks
+import _dist_workers as workers
+import pytest
+
+from tasktrain.strategies.launcher import spawn
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> dict[str, Any]:
+    """Every FSDP scenario, run once in two spawned ranks sharing a temporary directory."""
+    root = tmp_path_factory.mktemp("fsdp")
+    return spawn(workers.run_scenarios, ("fsdp", str(root)), nprocs=workers.WORLD_SIZE)
+
+
+# -- 1. conformance ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("scenario", ["conformance", "conformance_nested"], ids=["one-unit", "per-linear"])
+def test_fsdp_matches_single_process_training_with_accumulation_and_count_items(ranks, scenario):
+    """One FSDP unit for the whole model, and one per Linear layer (``shard_modules``)."""
+    checks.check_conformance(checks.outcome(ranks, scenario))
+
+
+# -- 5. exact resume -------------------------------------------------------------------------------
+def test_resume_from_last_is_bit_identical_to_the_uninterrupted_run(ranks):
+    checks.check_exact_resume(checks.outcome(ranks, "resume"))
+
+
+# -- 6. saved by two ranks, loaded by one ------------------------------------------------------------
+def test_load_from_checkpoint_of_an_fsdp_run_gives_the_full_trained_weights(ranks):
+    checks.check_load_from_checkpoint(checks.outcome(ranks, "resume"))
+
+
+def test_one_process_resumes_an_fsdp_checkpoint_with_a_world_size_warning(ranks, tmp_path):
+    checks.check_one_process_restores(checks.outcome(ranks, "resume"), tmp_path)
+
+
+def test_one_process_keeps_training_from_an_fsdp_checkpoint(ranks, tmp_path):
+    checks.check_one_process_continues(checks.outcome(ranks, "resume"), tmp_path)

@@ -1,0 +1,139 @@
+"""The user's path: ``Trainer(strategy="ddp", devices=2).fit`` spawns the ranks and reports back.
+
+Also: what fails before anything is spawned, when nothing is spawned (a launched process), and
+user-supplied strategy objects.
+"""
+
+from __future__ import annotations
+
+import _dist_checks as checks
+import _dist_workers as workers
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import tasktrain as tt
+import tasktrain.trainer as trainer_module
+from tasktrain.strategies import DDP
+
+
+def _quiet(tmp_path) -> dict:
+    return {
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_checkpointing": False,
+        "default_root_dir": tmp_path,
+    }
+
+
+def _loader() -> DataLoader:
+    return DataLoader(workers.item_data(), batch_size=workers.PER_RANK_BATCH)
+
+
+# -- 7. launching ----------------------------------------------------------------------------------
+def test_fit_with_two_devices_returns_a_fit_result_and_trains_the_callers_module(tmp_path):
+    weights, losses = checks.reference()
+    torch.manual_seed(0)
+    module = workers.ItemNet()
+    initial = {k: v.clone() for k, v in module.state_dict().items()}
+    trainer = tt.Trainer(
+        strategy="ddp",
+        devices=2,
+        accelerator="cpu",
+        max_epochs=workers.CONFORMANCE_EPOCHS,
+        accumulate_grad_batches=workers.ACCUMULATE,
+        **_quiet(tmp_path),
+    )
+    result = trainer.fit(module, _loader())
+
+    assert isinstance(result, tt.FitResult)
+    assert result.global_step == trainer.state.global_step == len(losses)
+    assert result.train_loss == pytest.approx(sum(losses) / len(losses), abs=1e-5)
+    assert result.metrics["train_loss"] == result.train_loss
+    assert result.metrics["train_runtime"] > 0
+    assert result.metrics["train_tokens_per_second"] > 0  # the module counts items
+    assert trainer.fit_loop.epoch_progress.total.completed == workers.CONFORMANCE_EPOCHS
+    assert "train/loss" in trainer.callback_metrics
+    assert not all(torch.equal(module.state_dict()[k], initial[k]) for k in initial)
+    checks.assert_weights_close(module.state_dict(), weights, atol=1e-6)
+
+
+def test_an_exception_in_one_rank_reaches_the_caller_with_that_ranks_traceback(tmp_path):
+    """Rank 1 raises in training_step while rank 0 sleeps: the launcher stops rank 0 and reports rank 1."""
+    trainer = tt.Trainer(strategy="ddp", devices=2, accelerator="cpu", max_steps=1, **_quiet(tmp_path))
+    with pytest.raises(Exception, match="boom on rank 1") as info:
+        trainer.fit(workers.RaisingNet(), _loader())
+    message = str(info.value)
+    assert "Traceback" in message
+    assert "training_step" in message and "_dist_workers.py" in message
+    assert "ValueError: boom on rank 1" in message
+
+
+@pytest.fixture
+def no_spawn(monkeypatch):
+    """Fail the test if anything tries to start processes."""
+
+    def spawn(*args, **kwargs):
+        raise AssertionError("processes were spawned")
+
+    monkeypatch.setattr(trainer_module, "spawn", spawn)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"strategy": "single", "devices": 2}, r"devices=2.*strategy='single'"),
+        ({"strategy": "ddp", "devices": 3, "accelerator": "cuda"}, r"devices=3.*CUDA"),
+        ({"strategy": "auto", "devices": 3, "accelerator": "cuda"}, r"devices=3.*CUDA"),
+        ({"strategy": DDP(), "devices": 2}, r"devices=2.*Strategy object"),
+        ({"strategy": "ddp", "devices": 0}, r"devices=0.*accepted values"),
+    ],
+    ids=[
+        "single-with-2-devices",
+        "ddp-3-cuda",
+        "auto-3-cuda",
+        "strategy-object-with-devices",
+        "zero-devices",
+    ],
+)
+def test_invalid_device_combinations_fail_at_construction_before_spawning(no_spawn, kwargs, match):
+    if kwargs.get("accelerator") == "cuda" and torch.cuda.device_count() >= 3:
+        pytest.skip("this machine has 3 CUDA devices")
+    with pytest.raises(ValueError, match=match):
+        tt.Trainer(**kwargs)
+
+
+def test_a_process_already_launched_by_torchrun_does_not_spawn(monkeypatch):
+    assert tt.Trainer(strategy="ddp", devices=2, accelerator="cpu").strategy.needs_launch
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    strategy = tt.Trainer(strategy="ddp", devices=2, accelerator="cpu").strategy
+    assert not strategy.needs_launch
+    assert (strategy.world_size, strategy.global_rank) == (2, 0)
+
+
+def test_one_device_does_not_spawn(no_spawn, tmp_path):
+    trainer = tt.Trainer(strategy="ddp", devices=1, accelerator="cpu", max_steps=1, **_quiet(tmp_path))
+    assert not trainer.strategy.needs_launch
+
+
+# -- 8. a user's strategy ------------------------------------------------------------------------------
+def test_a_user_single_device_subclass_runs_every_backward(tmp_path):
+    def fit(strategy):
+        torch.manual_seed(0)
+        module = workers.ItemNet()
+        trainer = tt.Trainer(
+            strategy=strategy,
+            max_epochs=workers.CONFORMANCE_EPOCHS,
+            accumulate_grad_batches=workers.ACCUMULATE,
+            **_quiet(tmp_path),
+        )
+        trainer.fit(module, DataLoader(workers.item_data(), batch_size=4))
+        return module, trainer
+
+    counting = workers.CountingSingleDevice("cpu")
+    module, trainer = fit(counting)
+    assert trainer.strategy is counting
+    assert counting.backward_calls == workers.CONFORMANCE_EPOCHS * 9  # 36 samples in micro-batches of 4
+    reference, _ = fit("single")
+    checks.assert_weights_equal(module.state_dict(), reference.state_dict())
