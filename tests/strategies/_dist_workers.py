@@ -17,6 +17,7 @@ import time
 import traceback
 from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import torch
@@ -91,6 +92,15 @@ class ItemNet(tt.TaskModule):
         if self.hparams.optimizer == "adamw":
             return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+
+class TPItemNet(ItemNet):
+    """ItemNet with a tensor-parallel plan: the first Linear split by columns, the last by rows."""
+
+    def parallelize(self, mesh):
+        from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+        parallelize_module(self.net, mesh, {"0": ColwiseParallel(), "3": RowwiseParallel()})
 
 
 class RaisingNet(ItemNet):
@@ -262,7 +272,15 @@ def _quiet(root: str, **kwargs: Any) -> dict[str, Any]:
 
 
 def _strategy(kind: str, **kwargs: Any) -> Strategy:
-    classes: dict[str, Callable[..., Strategy]] = {"ddp": DDP, "fsdp": FSDP, "counting_ddp": CountingDDP}
+    from tasktrain.strategies import DeepSpeed, TensorParallel
+
+    classes: dict[str, Callable[..., Strategy]] = {
+        "ddp": DDP,
+        "fsdp": FSDP,
+        "counting_ddp": CountingDDP,
+        "tp": TensorParallel,
+        **{f"deepspeed_{stage}": partial(DeepSpeed, stage=stage) for stage in (1, 2, 3)},
+    }
     return classes[kind](**kwargs)
 
 
@@ -277,10 +295,16 @@ def _gather(obj: Any) -> list[Any]:
     return gathered
 
 
-def conformance(kind: str, root: str, **strategy_kwargs: Any) -> dict[str, Any]:
+def conformance(
+    kind: str,
+    root: str,
+    module_cls: type[ItemNet] = ItemNet,
+    batch_size: int = PER_RANK_BATCH,
+    **strategy_kwargs: Any,
+) -> dict[str, Any]:
     """Fit ItemNet on :func:`item_data` (count_items, accumulation 2, SGD) from the seed-0 weights."""
     torch.manual_seed(0)
-    module = ItemNet()
+    module = module_cls()
     strategy = _strategy(kind, **strategy_kwargs)
     steps = StepLosses()
     trainer = tt.Trainer(
@@ -291,7 +315,7 @@ def conformance(kind: str, root: str, **strategy_kwargs: Any) -> dict[str, Any]:
         callbacks=[steps],
         **_quiet(root, enable_checkpointing=False),
     )
-    result = trainer.fit(module, DataLoader(item_data(), batch_size=PER_RANK_BATCH))
+    result = trainer.fit(module, DataLoader(item_data(), batch_size=batch_size))
     out: dict[str, Any] = {
         "weights": _full_weights(trainer, module),
         "train_loss": result.train_loss,
@@ -432,6 +456,21 @@ SCENARIOS: dict[str, dict[str, Callable[[str, str], dict[str, Any]]]] = {
         "conformance_nested": lambda kind, root: conformance(kind, root, shard_modules=(nn.Linear,)),
         "resume": resume,
     },
+}
+
+
+SCENARIOS["deepspeed"] = {
+    f"stage{stage}": partial(lambda kind, root, stage: conformance(f"deepspeed_{stage}", root), stage=stage)
+    for stage in (1, 2, 3)
+}
+SCENARIOS["tp"] = {
+    # Ranks of one TP group read the same batches: each reads the whole global micro-batch.
+    "conformance": lambda kind, root: conformance(
+        "tp", root, module_cls=TPItemNet, batch_size=PER_RANK_BATCH * WORLD_SIZE
+    ),
+}
+SCENARIOS["fsdp_tp"] = {  # 4 ranks: dp 2 x tp 2, each dp rank reading PER_RANK_BATCH samples
+    "conformance": lambda kind, root: conformance("tp", root, module_cls=TPItemNet, tp_size=2),
 }
 
 

@@ -1,0 +1,41 @@
+"""Tensor parallelism (DTensor) on 2 CPU processes, and FSDP x TP on 4, against the single-process reference."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import _dist_checks as checks
+import _dist_workers as workers
+import pytest
+from torch.utils.data import DataLoader
+
+import tasktrain as tt
+import tasktrain.trainer as trainer_module
+from tasktrain.strategies.launcher import spawn
+
+
+def _check_weights_and_losses(result: dict[str, Any]) -> None:
+    weights, losses = checks.reference()
+    assert result["global_step"] == len(losses)
+    checks.assert_weights_close(result["weights"], weights, atol=1e-6)
+    assert result["step_losses"] == pytest.approx(losses, abs=1e-5)
+
+
+def test_tensor_parallel_matches_single_process_training(tmp_path):
+    ranks = spawn(workers.run_scenarios, ("tp", str(tmp_path)), nprocs=workers.WORLD_SIZE)
+    _check_weights_and_losses(checks.outcome(ranks, "conformance"))
+
+
+def test_fsdp_times_tp_on_four_processes_matches_single_process_training(tmp_path):
+    ranks = spawn(workers.run_scenarios, ("fsdp_tp", str(tmp_path)), nprocs=4)
+    _check_weights_and_losses(checks.outcome(ranks, "conformance"))
+
+
+def test_a_module_without_a_plan_fails_before_any_process_starts(monkeypatch):
+    def no_spawn(*args, **kwargs):
+        raise AssertionError("spawned processes for a module that cannot run")
+
+    monkeypatch.setattr(trainer_module, "spawn", no_spawn)
+    trainer = tt.Trainer(strategy="tp", devices=2, logger=False, enable_checkpointing=False)
+    with pytest.raises(ValueError, match=r"parallelize\(mesh\)"):
+        trainer.fit(workers.ItemNet(), DataLoader(workers.item_data(), batch_size=2))
