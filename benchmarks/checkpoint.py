@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -103,12 +104,17 @@ def main() -> None:
         k: [] for k in ("save_tasktrain", "save_torch", "load_tasktrain", "load_torch")
     }
     with tempfile.TemporaryDirectory() as tmp:
-        ours, theirs = os.path.join(tmp, "ckpt"), os.path.join(tmp, "weights.pt")
-        for _ in range(args.rounds):
-            for op, path in (("save_tasktrain", ours), ("save_torch", theirs)):
-                results[op].append(run_child(op, path, args.params, shard))
-            for op, path in (("load_tasktrain", ours), ("load_torch", theirs)):
-                results[op].append(run_child(op, path, args.params, shard))
+        for i in range(args.rounds):
+            # Fresh names every round, as ModelCheckpoint writes them; the old ones are removed
+            # outside the timed region (deleting 400 MB is not part of either save).
+            ours, theirs = os.path.join(tmp, f"ckpt-{i}"), os.path.join(tmp, f"weights-{i}.pt")
+            # Alternate who goes first: a save leaves dirty pages that slow the next one down.
+            order = [("tasktrain", ours), ("torch", theirs)][:: 1 if i % 2 == 0 else -1]
+            for kind in ("save", "load"):
+                for who, path in order:
+                    results[f"{kind}_{who}"].append(run_child(f"{kind}_{who}", path, args.params, shard))
+            shutil.rmtree(ours)
+            os.remove(theirs)
     mb = args.params * 4 / 1024**2
     print(
         f"model: {args.params:,} fp32 parameters ({mb:.0f} MiB), shard size {args.shard_mb} MiB, {args.rounds} rounds"
