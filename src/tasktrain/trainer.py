@@ -175,7 +175,7 @@ class Trainer:
 
     @property
     def counts_items(self) -> bool:
-        return self.module is not None and self.fit_loop.epoch_loop.accumulation._counts_items(self.module)
+        return self.module is not None and self.fit_loop.epoch_loop.accumulation.counts_items(self.module)
 
     # -- entry points ----------------------------------------------------------------------------
     def fit(

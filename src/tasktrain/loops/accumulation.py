@@ -121,7 +121,7 @@ class AccumulationLoop(Loop):
 
     def _loss_weights(self, ctx: LoopContext, group: Sequence[tuple[int, Any]]) -> list[Any] | None:
         counts = (
-            [ctx.module.count_items(batch) for _, batch in group] if self._counts_items(ctx.module) else None
+            [ctx.module.count_items(batch) for _, batch in group] if self.counts_items(ctx.module) else None
         )
         if counts is None or any(c is None for c in counts):
             return None if len(group) == 1 else [1.0 / len(group)] * len(group)
@@ -140,7 +140,8 @@ class AccumulationLoop(Loop):
         global_total = ctx.strategy.reduce(local_total, "sum") * dp_size / ctx.strategy.world_size
         return list((local * dp_size / global_total).float().unbind())
 
-    def _counts_items(self, module: TaskModule[Any]) -> bool:
+    def counts_items(self, module: TaskModule[Any]) -> bool:
+        """Whether ``module`` defines ``count_items`` (worked out once per module)."""
         cached = self._counts_items_cache
         if cached is None or cached[0] is not module:
             cached = self._counts_items_cache = (
