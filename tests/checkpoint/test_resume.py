@@ -469,3 +469,51 @@ def test_the_saved_state_is_readable_json(saved):
     files = json.loads((saved / "manifest.json").read_text())["files"]
     assert set(files) == {"model.safetensors", "optimizer.pt", "rng.safetensors", "trainer_state.json"}
     assert all(os.path.getsize(saved / name) == size for name, size in files.items())
+
+
+class _StatefulLoader:
+    """A loader that knows its own position (like torchdata's StatefulDataLoader)."""
+
+    def __init__(self, dataset: TensorDataset, batch_size: int) -> None:
+        self.dataset, self.batch_size, self.position, self.fetched = dataset, batch_size, 0, 0
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.batch_size)
+
+    def __iter__(self):
+        start = self.position if self.position < len(self) else 0  # a finished epoch starts over
+        for i in range(start, len(self)):
+            self.fetched += 1
+            self.position = i + 1
+            yield self.dataset[i * self.batch_size : (i + 1) * self.batch_size]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.position = state["position"]
+
+
+def test_a_loader_with_its_own_state_resumes_itself_without_reading_seen_batches(tmp_path):
+    def run(root: str, max_steps: int, ckpt_path: str | None = None) -> tuple[Net, _StatefulLoader]:
+        torch.manual_seed(0)
+        module, loader = Net(), _StatefulLoader(_dataset(), batch_size=4)
+        trainer = tt.Trainer(
+            max_steps=max_steps,
+            accumulate_grad_batches=2,
+            default_root_dir=root,
+            logger=False,
+            enable_progress_bar=False,
+            seed=None,
+        )
+        trainer.fit(module, loader, ckpt_path=ckpt_path)
+        return module, loader
+
+    full, _ = run(str(tmp_path / "full"), 10)
+    run(str(tmp_path / "split"), 3)  # stops mid-epoch: 6 of 13 batches read
+    state = read_state(find_last(str(tmp_path / "split")))
+    assert state["dataloader"] == {"position": 6}
+    resumed, loader = run(str(tmp_path / "split"), 10, ckpt_path="last")
+    assert loader.fetched == 13 - 6 + 6  # the rest of epoch 1, then 6 batches of epoch 2: none re-read
+    for a, b in zip(full.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
