@@ -148,3 +148,14 @@ def test_sampler_generator_finds_the_shufflers_generator():
     assert sampler_generator(DataLoader(ds, batch_sampler=batches)) is own
     assert sampler_generator(DataLoader(ds, shuffle=True)) is None
     assert sampler_generator(None) is None
+
+
+def test_a_sampler_that_cannot_be_sharded_is_refused_not_replaced():
+    from torch.utils.data import WeightedRandomSampler
+
+    from tasktrain.data import with_distributed_sampler
+
+    dataset = TensorDataset(torch.arange(8))
+    loader = DataLoader(dataset, batch_size=2, sampler=WeightedRandomSampler([1.0] * 8, num_samples=8))
+    with pytest.raises(ValueError, match="WeightedRandomSampler"):
+        with_distributed_sampler(loader, num_replicas=2, rank=0)

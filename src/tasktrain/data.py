@@ -15,6 +15,7 @@ from torch.utils.data import (
     IterableDataset,
     RandomSampler,
     Sampler,
+    SequentialSampler,
 )
 
 
@@ -94,6 +95,12 @@ def with_distributed_sampler(
         or type(dataloader.batch_sampler) is not BatchSampler
     ):
         return dataloader
+    if type(dataloader.sampler) not in (SequentialSampler, RandomSampler):
+        raise ValueError(
+            f"the dataloader's sampler is a {type(dataloader.sampler).__name__}, which tasktrain cannot shard "
+            f"over {num_replicas} data-parallel ranks without changing what it samples; give the loader a sampler "
+            "that shards itself (e.g. a DistributedSampler, or your sampler restricted to this rank's share)"
+        )
     shuffle = isinstance(dataloader.sampler, RandomSampler)
     sampler: DistributedSampler[Any] = DistributedSampler(
         dataloader.dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed

@@ -171,7 +171,7 @@ class TaskModule(nn.Module, Generic[BatchT]):
         return self.compute_loss(batch)  # type: ignore[return-value]
 
     def validation_step(self, batch: BatchT, batch_idx: int) -> Any:
-        """Evaluate one batch. The default logs ``compute_loss`` as ``val/loss``."""
+        """Evaluate one batch. The default logs ``compute_loss`` as ``val/loss`` (synced over ranks)."""
         return self._default_eval_step(batch, "val/loss")
 
     def test_step(self, batch: BatchT, batch_idx: int) -> Any:
@@ -280,7 +280,7 @@ class TaskModule(nn.Module, Generic[BatchT]):
     def _default_eval_step(self, batch: BatchT, name: str) -> Tensor:
         out = self.compute_loss(batch)
         loss = out[0] if isinstance(out, tuple) else out
-        self.log(name, loss, prog_bar=True)
+        self.log(name, loss, prog_bar=True, sync_dist=True)  # the global mean under data parallelism
         return loss
 
 

@@ -360,6 +360,9 @@ class Trainer:
             return [loop.run(self._context(module), loader)]
 
     def _fit_result(self, runtime: float, steps: int, samples: int, items: int) -> FitResult:
+        if self.strategy.world_size > 1:  # every rank's samples and items: totals, as one big job
+            local = torch.tensor([samples, items], dtype=torch.float64, device=self.strategy.root_device)
+            samples, items = (int(v) for v in self.strategy.reduce(local, "sum").tolist())
         metrics = dict(self.callback_metrics)
         metrics["train_runtime"] = runtime
         metrics["train_samples_per_second"] = samples / runtime if runtime > 0 else 0.0
@@ -430,7 +433,8 @@ def _build_strategy(args: TrainerArgs) -> Strategy:
         return _adopt_strategy(args)
     devices = args.devices if isinstance(args.devices, int) else 1
     precision = build_precision(args.precision)
-    name = "ddp" if args.strategy == "auto" and devices > 1 else args.strategy
+    launched_ranks = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun / SLURM: the environment decides
+    name = "ddp" if args.strategy == "auto" and max(devices, launched_ranks) > 1 else args.strategy
     if name in ("auto", "single"):
         return SingleDevice(default_device(args.accelerator), precision)
     if name == "ddp":

@@ -137,3 +137,65 @@ def test_a_user_single_device_subclass_runs_every_backward(tmp_path):
     assert counting.backward_calls == workers.CONFORMANCE_EPOCHS * 9  # 36 samples in micro-batches of 4
     reference, _ = fit("single")
     checks.assert_weights_equal(module.state_dict(), reference.state_dict())
+
+
+def test_auto_under_torchrun_is_ddp(monkeypatch):
+    """torchrun sets RANK/WORLD_SIZE: the environment decides, nothing is spawned."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    strategy = tt.Trainer(logger=False).strategy
+    assert isinstance(strategy, DDP) and strategy.launched and not strategy.needs_launch
+
+
+def test_ddp_with_one_device_runs_in_a_group_of_one():
+    trainer = tt.Trainer(
+        strategy="ddp", max_steps=2, logger=False, enable_progress_bar=False, enable_checkpointing=False
+    )
+    try:
+        result = trainer.fit(workers.ItemNet(), DataLoader(workers.item_data(8), batch_size=2))
+    finally:
+        trainer.strategy.teardown()
+    assert result.global_step == 2
+
+
+PREEMPTED_SCRIPT = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+import torch
+from torch.utils.data import DataLoader
+import tasktrain as tt
+from tasktrain.callbacks import Callback
+import _dist_workers as workers
+
+
+class SignalTheLauncher(Callback):
+    def on_train_step_end(self, trainer, module):
+        if trainer.state.global_step == 2 and trainer.is_global_zero:
+            os.kill(os.getppid(), signal.SIGTERM)  # as a scheduler would signal the job's main process
+
+
+if __name__ == "__main__":
+    trainer = tt.Trainer(
+        strategy="ddp", devices=2, max_steps=10**6, default_root_dir=sys.argv[1], logger=False,
+        enable_progress_bar=False, callbacks=[SignalTheLauncher()],
+    )
+    trainer.fit(workers.ItemNet(), DataLoader(workers.item_data(), batch_size=2))
+"""
+
+
+def test_sigterm_to_the_launching_process_checkpoints_every_rank_and_exits_99(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tasktrain.callbacks import EXIT_PREEMPTED
+    from tasktrain.checkpoint import find_last, read_state
+
+    script = tmp_path / "job.py"
+    script.write_text(PREEMPTED_SCRIPT.format(tests=str(Path(__file__).parent)))
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "run")], capture_output=True, timeout=300
+    )
+    assert done.returncode == EXIT_PREEMPTED, done.stderr.decode()[-3000:]
+    last = find_last(str(tmp_path / "run"))
+    assert last is not None and read_state(last)["global_step"] >= 3  # the step in flight finished first

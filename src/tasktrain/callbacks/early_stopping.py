@@ -64,7 +64,7 @@ class EarlyStopping(Callback):
             raise KeyError(
                 f"EarlyStopping monitors {self.monitor!r}, which was not logged; logged: {sorted(metrics)}"
             )
-        value = metrics[self.monitor]
+        value = trainer.strategy.broadcast(metrics[self.monitor])  # rank 0's value: every rank decides alike
         if self.check_finite and not math.isfinite(value):
             self._stop(trainer)
             return

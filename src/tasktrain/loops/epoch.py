@@ -268,7 +268,7 @@ class EpochLoop(Loop):
         metrics = self.val_loop.run(ctx, ctx.val_dataloader)
         rng.restore()
         assert ctx.optim is not None
-        step_monitored_scheduler(ctx.optim.scheduler, {**ctx.logs.callback_metrics, **metrics})
+        step_monitored_scheduler(ctx.optim.scheduler, {**ctx.logs.callback_metrics, **metrics}, ctx.strategy)
 
     def _val_due(self, step: int) -> bool:
         if isinstance(self.val_check_interval, int):

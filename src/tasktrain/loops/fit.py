@@ -96,7 +96,9 @@ class FitLoop(Loop):
         assert ctx.optim is not None
         step_epoch_scheduler(ctx.optim.scheduler, self.epoch_progress.total.completed)
         if ctx.val_dataloader is None:
-            step_monitored_scheduler(ctx.optim.scheduler, {**ctx.logs.callback_metrics, **metrics})
+            step_monitored_scheduler(
+                ctx.optim.scheduler, {**ctx.logs.callback_metrics, **metrics}, ctx.strategy
+            )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore progress; an epoch whose data was all read but whose end was not reached is finished first."""

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from tasktrain.loops.base import Loop, LoopContext
 from tasktrain.optim import SchedulerConfig
 from tasktrain.state import Progress
+
+if TYPE_CHECKING:
+    from tasktrain.strategies.base import Strategy
 
 
 class OptimizationStep(Loop):
@@ -75,8 +79,13 @@ def step_epoch_scheduler(config: SchedulerConfig | None, epochs_done: int) -> No
         config.scheduler.step()  # type: ignore[call-arg]  # not a ReduceLROnPlateau: is_monitored is False
 
 
-def step_monitored_scheduler(config: SchedulerConfig | None, metrics: Mapping[str, float]) -> None:
-    """Advance a scheduler that monitors a metric (e.g. ``ReduceLROnPlateau`` on ``val/loss``)."""
+def step_monitored_scheduler(
+    config: SchedulerConfig | None, metrics: Mapping[str, float], strategy: Strategy
+) -> None:
+    """Advance a scheduler that monitors a metric (e.g. ``ReduceLROnPlateau`` on ``val/loss``).
+
+    The value is rank 0's, broadcast, so every rank changes its learning rate alike.
+    """
     if config is None or not config.is_monitored:
         return
     assert config.monitor is not None
@@ -84,7 +93,7 @@ def step_monitored_scheduler(config: SchedulerConfig | None, metrics: Mapping[st
         raise KeyError(
             f"lr_scheduler monitors {config.monitor!r}, which was not logged; logged metrics: {sorted(metrics)}"
         )
-    value = metrics[config.monitor]
+    value = strategy.broadcast(metrics[config.monitor])
     if isinstance(config.scheduler, ReduceLROnPlateau):
         if not math.isnan(value):
             config.scheduler.step(value)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import socket
 import tempfile
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -33,10 +35,37 @@ def spawn(fn: Callable[..., dict[str, Any]], args: tuple[Any, ...], nprocs: int)
     # ranks, and every rank's optimizer would then step the same parameters.
     payload = pickle.dumps((fn, args))
     with tempfile.TemporaryDirectory(prefix="tasktrain-") as tmp:
-        env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(nprocs)}
-        mp.start_processes(_worker, args=(payload, env, nprocs, tmp), nprocs=nprocs, start_method="spawn")
+        env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(nprocs)}
+        context = mp.start_processes(
+            _worker, args=(payload, env, nprocs, tmp), nprocs=nprocs, join=False, start_method="spawn"
+        )
+        _join(context)
         result: dict[str, Any] = torch.load(os.path.join(tmp, _RESULT), weights_only=True)
     return result
+
+
+def _join(context: mp.ProcessContext) -> None:
+    """Wait for every rank. A SIGTERM sent to this process goes on to the ranks (they checkpoint and
+    exit :data:`~tasktrain.callbacks.preemption.EXIT_PREEMPTED`), and so does their exit status."""
+    from tasktrain.callbacks.preemption import EXIT_PREEMPTED
+
+    def forward(signum: int, frame: Any) -> None:
+        for process in context.processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signum)
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, forward) if in_main_thread else None
+    try:
+        while not context.join():
+            pass
+    except mp.ProcessExitedException as error:
+        if error.exit_code == EXIT_PREEMPTED:
+            raise SystemExit(EXIT_PREEMPTED) from None
+        raise
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _worker(rank: int, payload: bytes, env: dict[str, str], nprocs: int, tmp: str) -> None:
@@ -49,7 +78,7 @@ def _worker(rank: int, payload: bytes, env: dict[str, str], nprocs: int, tmp: st
         torch.save(result, os.path.join(tmp, _RESULT))
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]

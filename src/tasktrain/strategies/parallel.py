@@ -14,6 +14,7 @@ from torch import Tensor
 from tasktrain.data import with_distributed_sampler
 from tasktrain.precision import Precision
 from tasktrain.strategies.base import Strategy
+from tasktrain.strategies.launcher import free_port
 
 DEFAULT_TIMEOUT = timedelta(minutes=10)
 _REDUCE_OPS = {
@@ -86,8 +87,11 @@ class ParallelStrategy(Strategy):
         if use_cuda:
             torch.cuda.set_device(self.root_device)
         if not dist.is_initialized():
+            # One process started without a launcher (devices=1): a group of one on loopback.
+            init_method = None if self.launched else f"tcp://127.0.0.1:{free_port()}"
             dist.init_process_group(
                 backend="nccl" if use_cuda else "gloo",
+                init_method=init_method,
                 rank=self.global_rank,
                 world_size=self.world_size,
                 timeout=self.timeout,
