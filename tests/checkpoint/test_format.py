@@ -197,3 +197,21 @@ def test_load_module_builds_from_hparams(tmp_path: Path):
     assert loaded.hparams == {"vocab": 13, "dim": 3}
     assert loaded.embed.weight.shape == (13, 3)
     torch.testing.assert_close(loaded.embed.weight, module.embed.weight)
+
+
+def test_consolidate_merges_weight_shards_into_one_file(tmp_path: Path):
+    from safetensors.torch import load_file
+
+    from tasktrain.checkpoint import consolidate, save_checkpoint
+
+    weights = _weights()
+    weights["tied"] = weights["a"]
+    src = str(tmp_path / "ckpt")
+    save_checkpoint(src, weights, {}, {"global_step": 0}, max_shard_bytes=16)  # one tensor per shard
+    assert (tmp_path / "ckpt" / "model.safetensors.index.json").exists()
+    consolidate(src, str(tmp_path / "out" / "model.safetensors"))
+    merged = load_file(tmp_path / "out" / "model.safetensors")
+    assert set(merged) == {"a", "b"}  # the tied tensor is stored once, as an alias
+    for name in ("a", "b"):
+        assert torch.equal(merged[name], weights[name])
+    assert set(read_weights(src)) == {"a", "b", "tied"}

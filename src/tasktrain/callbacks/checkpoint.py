@@ -112,11 +112,12 @@ class ModelCheckpoint(Callback):
     @override
     def on_train_step_end(self, trainer: Trainer, module: TaskModule[Any]) -> None:
         step = trainer.state.global_step
-        if self.every_n_train_steps is not None and step % self.every_n_train_steps == 0:
-            self.save(trainer)
-        elif self.train_time_interval is not None and trainer.strategy.any_rank(
-            time.monotonic() - self._last_time
-            >= self.train_time_interval  # ranks' clocks differ: agree first
+        if (self.every_n_train_steps is not None and step % self.every_n_train_steps == 0) or (
+            self.train_time_interval is not None
+            and trainer.strategy.any_rank(
+                time.monotonic() - self._last_time
+                >= self.train_time_interval  # ranks' clocks differ: agree first
+            )
         ):
             self.save(trainer)
 

@@ -2,6 +2,7 @@
 
 from tasktrain.checkpoint.format import (
     CheckpointError,
+    consolidate,
     load_module,
     read_optimizer_state,
     read_rng,
@@ -13,6 +14,7 @@ from tasktrain.checkpoint.storage import find_last, is_complete
 
 __all__ = [
     "CheckpointError",
+    "consolidate",
     "find_last",
     "is_complete",
     "load_module",

@@ -135,6 +135,26 @@ def read_rng(path: str) -> list[dict[str, RngState]]:
     ]
 
 
+def consolidate(src: str, dst: str) -> None:
+    """Write the weights of the checkpoint ``src`` (any strategy, sharded or not) as one safetensors file.
+
+    Checkpoints already hold full tensors, so this merges weight shards into a single file that
+    any safetensors reader (e.g. Hugging Face's) loads. Tied weights are stored once.
+
+    Example:
+        >>> consolidate("runs/checkpoints/step=00001000", "model.safetensors")  # doctest: +SKIP
+    """
+    weights = read_weights(src)
+    unique, aliases = _deduplicate(weights)
+    metadata = {"tasktrain.aliases": json.dumps(aliases), "format": "pt"}
+    fs, path = url_to_fs(dst)
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    with fs.open(path, "wb") as f:
+        write_safetensors(f, _contiguous_cpu(unique), metadata)
+
+
 def load_module(cls: type[M], path: str, overrides: Mapping[str, Any]) -> M:
     """Build ``cls(**hparams, **overrides)`` and load the checkpoint's weights into it (strictly)."""
     hparams = read_state(path).get("hparams", {})
