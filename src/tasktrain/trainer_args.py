@@ -12,6 +12,7 @@ import torch
 
 from tasktrain.callbacks.base import Callback
 from tasktrain.loggers.base import Logger
+from tasktrain.loops.accumulation import NONFINITE_POLICIES
 from tasktrain.precision import PRECISIONS
 from tasktrain.strategies.base import Strategy
 
@@ -20,7 +21,6 @@ DEEPSPEED_STAGES = {"deepspeed": 2, "deepspeed_stage_1": 1, "deepspeed_stage_2":
 STRATEGY_NAMES = ("auto", "single", "ddp", "fsdp", "tp", *DEEPSPEED_STAGES)
 ACCELERATORS = ("auto", "cpu", "cuda", "mps")
 CLIP_ALGORITHMS = ("norm", "value")
-NONFINITE_POLICIES = ("raise", "skip")
 
 
 @dataclass

@@ -15,7 +15,7 @@ from tasktrain.loops.base import Loop, LoopContext
 from tasktrain.module import TaskModule
 from tasktrain.state import Progress
 
-_NONFINITE_POLICIES = ("raise", "skip")
+NONFINITE_POLICIES = ("raise", "skip")
 _NO_ITEMS: Any = object()  # the weight of a micro-batch that holds no loss items: it is skipped
 
 
@@ -70,6 +70,10 @@ class AccumulationLoop(Loop):
     """
 
     def __init__(self, on_nonfinite_loss: str = "raise") -> None:
+        if on_nonfinite_loss not in NONFINITE_POLICIES:
+            raise ValueError(
+                f"on_nonfinite_loss={on_nonfinite_loss!r}: accepted values are {list(NONFINITE_POLICIES)}"
+            )
         self.on_nonfinite_loss = on_nonfinite_loss
         self.progress = Progress()  # one item per micro-batch; ``current`` is this group
         self.samples_seen = ItemCounter()

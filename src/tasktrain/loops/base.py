@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tasktrain.state import Progress
@@ -30,7 +30,6 @@ class LoopContext:
     optim: OptimizerSetup | None = None
     train_dataloader: DataLoader[Any] | None = None
     val_dataloader: DataLoader[Any] | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class Loop:
