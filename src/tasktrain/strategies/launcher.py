@@ -20,6 +20,7 @@ import torch
 import torch.multiprocessing as mp
 
 _RESULT = "result.pt"
+_PAYLOAD = "payload.pkl"
 
 
 def spawn(fn: Callable[..., dict[str, Any]], args: tuple[Any, ...], nprocs: int) -> dict[str, Any]:
@@ -31,10 +32,14 @@ def spawn(fn: Callable[..., dict[str, Any]], args: tuple[Any, ...], nprocs: int)
     Example:
         >>> result = spawn(train_one_rank, (module, loader), nprocs=2)  # doctest: +SKIP
     """
-    # Plain pickle, not torch.multiprocessing's: that would put the tensors in memory shared by all
-    # ranks, and every rank's optimizer would then step the same parameters.
-    payload = pickle.dumps((fn, args))
     with tempfile.TemporaryDirectory(prefix="tasktrain-") as tmp:
+        # Plain pickle, not torch.multiprocessing's: that would put the tensors in memory shared by
+        # all ranks, and every rank's optimizer would then step the same parameters. Through a file,
+        # not an argument: spawn writes arguments into a 64 KiB pipe that a child drains only after
+        # importing the user's script, which would start the ranks one after another.
+        payload = os.path.join(tmp, _PAYLOAD)
+        with open(payload, "wb") as f:
+            pickle.dump((fn, args), f)
         env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(nprocs)}
         context = mp.start_processes(
             _worker, args=(payload, env, nprocs, tmp), nprocs=nprocs, join=False, start_method="spawn"
@@ -68,9 +73,10 @@ def _join(context: mp.ProcessContext) -> None:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _worker(rank: int, payload: bytes, env: dict[str, str], nprocs: int, tmp: str) -> None:
+def _worker(rank: int, payload: str, env: dict[str, str], nprocs: int, tmp: str) -> None:
     os.environ.update(env, RANK=str(rank), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(nprocs))
-    fn, args = pickle.loads(payload)
+    with open(payload, "rb") as f:
+        fn, args = pickle.load(f)  # written by our own launcher a moment ago
     # N processes on N cores: the default thread count oversubscribes and runs many times slower.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // nprocs))
     result = fn(*args)
