@@ -7,6 +7,11 @@ are padded with ``PAD_ID``.
     python examples/char_lm.py                                    # 15-40 s on 2 CPU cores
     python examples/char_lm.py --max-epochs 1 --repeats 2 --d-model 32   # a smoke run
 
+or through the command line, with the data from ``ZenLines`` (the only data class here):
+
+    tasktrain fit --task examples/char_lm.py --data examples/char_lm.py --trainer.max_epochs 1
+    tasktrain fit --config examples/char_lm.yaml       # the settings of `python examples/char_lm.py`
+
 What it shows:
 
 - ``count_items`` returns the number of non-padding target tokens of a micro-batch. The loss is
@@ -23,6 +28,7 @@ import codecs
 import contextlib
 import io
 import math
+import string
 import time
 from pathlib import Path
 
@@ -34,6 +40,10 @@ from torch.utils.data import DataLoader
 import tasktrain as tt
 
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2  # padding, start of line, end of line
+# A fixed alphabet (printable ASCII without line breaks), so the model's size does not depend on
+# the text it is trained on: a checkpoint loads without the text, and the task and data options
+# of the command line are independent.
+ALPHABET = "".join(c for c in string.printable if c not in "\n\r\x0b\x0c")
 Batch = dict[str, Tensor]  # {"inputs": [B, T], "targets": [B, T]}, padded with PAD_ID
 
 
@@ -47,15 +57,15 @@ def zen_of_python() -> str:
 class CharVocab:
     """Characters to ids and back; ids 0-2 are reserved for PAD, BOS and EOS."""
 
-    def __init__(self, text: str) -> None:
-        self.chars = sorted(set(text) - {"\n"})
+    def __init__(self, alphabet: str = ALPHABET) -> None:
+        self.chars = sorted(set(alphabet))
         self.ids = {c: i + 3 for i, c in enumerate(self.chars)}
 
     def __len__(self) -> int:
         return len(self.chars) + 3
 
     def encode(self, line: str) -> list[int]:
-        return [self.ids[c] for c in line]
+        return [self.ids[c] for c in line if c in self.ids]  # characters outside the alphabet are dropped
 
     def decode(self, ids: list[int]) -> str:
         return "".join(self.chars[i - 3] for i in ids if i >= 3)
@@ -75,12 +85,46 @@ def collate(lines: list[list[int]]) -> Batch:
     return {"inputs": inputs, "targets": targets}
 
 
+VOCAB = CharVocab()
+
+
+class ZenLines:
+    """The lines of a text (the Zen of Python by default), one training sequence each.
+
+    Lines are cut to ``max_len - 1`` characters (the model's ``max_len`` counts the BOS token).
+    """
+
+    def __init__(
+        self,
+        text_file: str | None = None,
+        repeats: int = 20,
+        batch_size: int = 8,
+        max_len: int = 128,
+        seed: int = 0,
+    ) -> None:
+        text = Path(text_file).read_text(encoding="utf-8") if text_file else zen_of_python()
+        self.lines = [VOCAB.encode(line)[: max_len - 1] for line in text.splitlines() if line.strip()]
+        self.repeats = repeats
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def train_dataloader(self) -> DataLoader[Batch]:
+        # A list is a Dataset; collate pads each micro-batch to its own longest line.
+        return DataLoader(
+            self.lines * self.repeats,
+            batch_size=self.batch_size,
+            shuffle=True,
+            collate_fn=collate,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+
 class CharTransformer(tt.TaskModule[Batch]):
     """A decoder-only transformer over characters (pre-norm, learned positions, causal mask)."""
 
     def __init__(
         self,
-        vocab_size: int,
+        vocab_size: int = len(VOCAB),
         max_len: int = 128,
         d_model: int = 96,
         n_layers: int = 2,
@@ -143,7 +187,7 @@ class CharTransformer(tt.TaskModule[Batch]):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--text-file", type=Path, help="train on this file (one sequence per line)")
+    parser.add_argument("--text-file", help="train on this file (one sequence per line)")
     parser.add_argument("--repeats", type=int, default=20, help="passes over the lines per epoch")
     parser.add_argument("--max-epochs", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=8, help="lines per micro-batch")
@@ -168,21 +212,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # other processes compete for the cores.
     torch.set_num_threads(args.threads)
     tt.seed_everything(args.seed)
-    text = args.text_file.read_text(encoding="utf-8") if args.text_file else zen_of_python()
-    lines = [line for line in text.splitlines() if line.strip()]
-    vocab = CharVocab(text)
-    max_len = max(len(line) for line in lines) + 1
-    data = [vocab.encode(line) for line in lines] * args.repeats
-    loader = DataLoader(
-        data,  # a list is a Dataset; collate pads each micro-batch to its own longest line
-        batch_size=args.batch_size,
-        shuffle=True,
-        collate_fn=collate,
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-    model = CharTransformer(
-        len(vocab), max_len=max_len, d_model=args.d_model, n_layers=args.layers, lr=args.lr
-    )
+    data = ZenLines(args.text_file, repeats=args.repeats, batch_size=args.batch_size, seed=args.seed)
+    loader = data.train_dataloader()
+    model = CharTransformer(d_model=args.d_model, n_layers=args.layers, lr=args.lr)
     trainer = tt.Trainer(
         max_epochs=args.max_epochs,
         accumulate_grad_batches=args.accumulate,
@@ -205,8 +237,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"train_tokens_per_second: {metrics['train_tokens_per_second']:.0f}")
     print("samples:")
     for prompt in ["", "Beautiful", "Errors", "If the", "Now", "Special", "There"][: args.samples]:
-        ids = model.generate(vocab.encode(prompt), max_new=max_len)
-        print(f"  {vocab.decode(ids)}")
+        ids = model.generate(VOCAB.encode(prompt), max_new=80)
+        print(f"  {VOCAB.decode(ids)}")
     print(f"total time: {time.perf_counter() - start:.1f}s (logs and checkpoints in {args.root_dir})")
     return metrics
 

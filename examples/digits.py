@@ -6,6 +6,11 @@ takes a few seconds on a laptop CPU and reaches about 97% validation accuracy.
     python examples/digits.py                    # the defaults used by `make demo`
     python examples/digits.py --max-epochs 2     # a quick smoke run
 
+or through the command line, with the data from ``DigitsData`` (the only data class here):
+
+    tasktrain fit --task examples/digits.py --data examples/digits.py --trainer.max_epochs 2
+    tasktrain fit --config examples/digits.yaml                  # the same settings as `make demo`
+
 What it shows: a ``TaskModule`` with ``compute_loss``, a ``validation_step`` that logs a
 torchmetrics ``Metric``, ``configure_optimizers`` with a per-step LR schedule sized from
 ``trainer.estimated_stepping_batches``, and ``Trainer.fit`` / ``Trainer.validate``.
@@ -69,25 +74,35 @@ class DigitsClassifier(tt.TaskModule[Batch]):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def digits_dataloaders(
-    batch_size: int, val_fraction: float, seed: int
-) -> tuple[DataLoader[Batch], DataLoader[Batch]]:
-    """Train/validation loaders over the bundled digits, split reproducibly by ``seed``."""
-    from sklearn.datasets import load_digits
+class DigitsData:
+    """Train/validation loaders over the bundled digits, split reproducibly by ``seed``.
 
-    images, labels = load_digits(return_X_y=True)
-    dataset = TensorDataset(
-        torch.tensor(images, dtype=torch.float32) / 16.0,  # pixel values are 0..16
-        torch.tensor(labels, dtype=torch.long),
-    )
-    n_val = int(len(dataset) * val_fraction)
-    train, val = random_split(
-        dataset, [len(dataset) - n_val, n_val], generator=torch.Generator().manual_seed(seed)
-    )
-    train_loader = DataLoader(
-        train, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
-    )
-    return train_loader, DataLoader(val, batch_size=256)
+    Any object with ``train_dataloader()`` / ``val_dataloader()`` methods can be the data of a
+    run: ``trainer.fit(model, data.train_dataloader(), data.val_dataloader())`` in Python, or
+    ``--data examples/digits.py`` on the command line (its arguments become ``--data.<name>``).
+    """
+
+    def __init__(self, batch_size: int = 64, val_fraction: float = 0.2, seed: int = 0):
+        from sklearn.datasets import load_digits
+
+        images, labels = load_digits(return_X_y=True)
+        dataset = TensorDataset(
+            torch.tensor(images, dtype=torch.float32) / 16.0,  # pixel values are 0..16
+            torch.tensor(labels, dtype=torch.long),
+        )
+        n_val = int(len(dataset) * val_fraction)
+        self.train, self.val = random_split(
+            dataset, [len(dataset) - n_val, n_val], generator=torch.Generator().manual_seed(seed)
+        )
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def train_dataloader(self) -> DataLoader[Batch]:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.train, batch_size=self.batch_size, shuffle=True, generator=generator)
+
+    def val_dataloader(self) -> DataLoader[Batch]:
+        return DataLoader(self.val, batch_size=256)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -113,7 +128,8 @@ def main(argv: list[str] | None = None) -> float:
     # other processes compete for the cores.
     torch.set_num_threads(args.threads)
     tt.seed_everything(args.seed)  # before building the model, so its initial weights are reproducible
-    train_loader, val_loader = digits_dataloaders(args.batch_size, args.val_fraction, args.seed)
+    data = DigitsData(args.batch_size, args.val_fraction, args.seed)
+    train_loader, val_loader = data.train_dataloader(), data.val_dataloader()
     model = DigitsClassifier(hidden=args.hidden, lr=args.lr)
     trainer = tt.Trainer(
         max_epochs=args.max_epochs,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -55,3 +56,40 @@ def test_char_lm_counts_tokens_and_samples(tmp_path: Path) -> None:
     samples = out.split("samples:\n", 1)
     assert len(samples) == 2, out
     assert len([line for line in samples[1].splitlines() if line.startswith("  ")]) == 2
+
+
+# -- the same examples through the `tasktrain` command line --------------------------------------
+def run_cli(*args: str, tmp_path: Path) -> str:
+    """``python -m tasktrain <args>`` from the repository root (where the example configs point)."""
+    command = [sys.executable, "-m", "tasktrain", *args, "--trainer.enable_progress_bar", "false"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=EXAMPLES.parent)
+    assert done.returncode == 0, (
+        f"tasktrain {' '.join(args)} exited with {done.returncode}\n{done.stdout}\n{done.stderr}"
+    )
+    return done.stdout
+
+
+def test_digits_through_the_cli(tmp_path: Path) -> None:
+    out = run_cli(
+        *("fit", "--config", "examples/digits.yaml", "--trainer.max_epochs", "3"),
+        *("--trainer.default_root_dir", str(tmp_path)),
+        tmp_path=tmp_path,
+    )
+    assert re.search(r"^fit: 69 optimizer steps", out, flags=re.MULTILINE), out  # 3 epochs x 23 batches
+    metrics = json.loads(re.findall(r"^metrics: (.*)$", out, flags=re.MULTILINE)[-1])
+    assert metrics["val/acc"] > 0.85
+    assert (tmp_path / "csv" / "version_0" / "config.yaml").is_file()
+
+
+def test_char_lm_through_the_cli(tmp_path: Path) -> None:
+    out = run_cli(
+        *("fit", "--task", "examples/char_lm.py", "--data", "examples/char_lm.py", "--data.repeats", "2"),
+        *("--task.d_model", "32", "--task.n_layers", "1", "--trainer.max_epochs", "1"),
+        *("--trainer.accumulate_grad_batches", "4", "--trainer.default_root_dir", str(tmp_path)),
+        tmp_path=tmp_path,
+    )
+    assert re.search(r"^fit: 2 optimizer steps", out, flags=re.MULTILINE), out  # 5 micro-batches, groups of 4
+    metrics = json.loads(re.findall(r"^metrics: (.*)$", out, flags=re.MULTILINE)[-1])
+    assert metrics["train_tokens_per_second"] > 0
+    printed = run_cli("fit", "--config", "examples/char_lm.yaml", "--print_config", tmp_path=tmp_path)
+    assert "class_path: examples/char_lm.py:ZenLines" in printed

@@ -198,4 +198,4 @@ def test_sigterm_to_the_launching_process_checkpoints_every_rank_and_exits_99(tm
     )
     assert done.returncode == EXIT_PREEMPTED, done.stderr.decode()[-3000:]
     last = find_last(str(tmp_path / "run"))
-    assert last is not None and read_state(last)["global_step"] >= 3  # the step in flight finished first
+    assert last is not None and read_state(last)["global_step"] >= 2  # the step that sent it, or the next

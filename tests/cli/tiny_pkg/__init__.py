@@ -1,0 +1,1 @@
+"""A package, for the ``pkg.module:Class`` form of ``--task``."""
