@@ -19,9 +19,10 @@ COMMANDS = {
     "test": "run the test loop once",
     "predict": "run predict_step over the predict data; the outputs are saved as predictions.pt",
     "export": "write a checkpoint's weights as one safetensors file",
+    "plot": "draw learning curves of one or more runs to a PNG",
 }
 
-USAGE = "usage: tasktrain [-h] [--version] {fit,validate,test,predict,export} ..."
+USAGE = "usage: tasktrain [-h] [--version] {fit,validate,test,predict,export,plot} ..."
 HELP = f"""{USAGE}
 
 Train and evaluate tasktrain TaskModules from the shell.
@@ -39,6 +40,7 @@ examples:
   tasktrain fit --config run.yaml --trainer.max_steps 500
   tasktrain validate --task examples/digits.py --data examples/digits.py --ckpt_path last
   tasktrain export runs/checkpoints/step=00000200 model.safetensors
+  tasktrain plot runs/csv/version_0 runs/csv/version_1 --out curves.png
 
 Run 'tasktrain COMMAND --help' for a command's options; with --task given, the help lists the
 task's own options too. Add --debug to any command to see Python tracebacks."""
@@ -80,6 +82,10 @@ def _dispatch(command: str | None, rest: list[str]) -> int:
         from tasktrain.cli.export import export_main
 
         return export_main(rest)
+    if command == "plot":
+        from tasktrain.cli.plot import plot_main
+
+        return plot_main(rest)
     if command not in COMMANDS:
         raise CLIError(
             f"unknown command {command!r}{did_you_mean(command, COMMANDS)}; commands: {', '.join(COMMANDS)}"
