@@ -42,6 +42,15 @@ def test_progress_bar_shows_step_loss_lr_and_prog_bar_metrics(capsys):
     assert "step=8" in err
     assert "val/score=0.125" in err
     assert "4/4" in err  # total = optimizer steps per epoch
+    assert "epoch=1" in err  # the postfix names the epoch too
+
+
+def test_progress_bar_shows_samples_per_second_from_the_second_write(capsys):
+    trainer = tt.Trainer(max_epochs=1, log_every_n_steps=1, logger=False, enable_checkpointing=False)
+    trainer.fit(Task(), _loader())
+    bar = next(cb for cb in trainer.callbacks if isinstance(cb, ProgressBar))
+    assert bar._samples_per_second is not None and bar._samples_per_second > 0
+    assert "samples/s=" in capsys.readouterr().err
 
 
 def test_progress_bar_with_accumulation_counts_optimizer_steps(capsys):

@@ -1,8 +1,9 @@
-"""``ProgressBar``: a tqdm bar per epoch showing step, loss, lr and it/s (rank 0 only)."""
+"""``ProgressBar``: a tqdm bar per epoch showing epoch, step, loss, lr, samples/s and it/s (rank 0 only)."""
 
 from __future__ import annotations
 
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 from typing_extensions import override
@@ -30,6 +31,12 @@ class ProgressBar(Callback):
     def __init__(self, leave: bool = False) -> None:
         self.leave = leave
         self._bar: tqdm[Any] | None = None
+        self._last: tuple[float, int] | None = None  # (time, samples seen) at the previous postfix
+        self._samples_per_second: float | None = None
+
+    @override
+    def on_train_start(self, trainer: Trainer, module: TaskModule[Any]) -> None:
+        self._last, self._samples_per_second = None, None
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, module: TaskModule[Any]) -> None:
@@ -54,6 +61,7 @@ class ProgressBar(Callback):
             return
         bar.update(1)
         if trainer.state.global_step % trainer.log_every_n_steps == 0:
+            self._measure_speed(trainer)
             bar.set_postfix(self._postfix(trainer), refresh=False)
 
     @override
@@ -74,13 +82,22 @@ class ProgressBar(Callback):
     def on_exception(self, trainer: Trainer, module: TaskModule[Any], error: BaseException) -> None:
         self._close()
 
+    def _measure_speed(self, trainer: Trainer) -> None:
+        """Samples per second (this rank) since the previous measurement: host counters, no device sync."""
+        now = (time.perf_counter(), trainer.samples_seen)
+        if self._last is not None and now[0] > self._last[0]:
+            self._samples_per_second = (now[1] - self._last[1]) / (now[0] - self._last[0])
+        self._last = now
+
     def _postfix(self, trainer: Trainer) -> dict[str, str]:
         metrics = trainer.callback_metrics
-        shown = {"step": str(trainer.state.global_step)}
+        shown = {"epoch": str(trainer.state.epoch), "step": str(trainer.state.global_step)}
         if "train/loss" in metrics:
             shown["loss"] = f"{metrics['train/loss']:.4g}"
         if trainer.optimizer is not None:
             shown["lr"] = f"{trainer.optimizer.param_groups[0]['lr']:.3g}"
+        if self._samples_per_second is not None:
+            shown["samples/s"] = f"{self._samples_per_second:.4g}"
         shown.update({k: f"{v:.4g}" for k, v in trainer.progress_bar_metrics.items() if k != "train/loss"})
         return shown
 
