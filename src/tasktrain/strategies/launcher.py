@@ -11,6 +11,7 @@ import os
 import pickle
 import signal
 import socket
+import sys
 import tempfile
 import threading
 from collections.abc import Callable
@@ -75,13 +76,30 @@ def _join(context: mp.ProcessContext) -> None:
 
 def _worker(rank: int, payload: str, env: dict[str, str], nprocs: int, tmp: str) -> None:
     os.environ.update(env, RANK=str(rank), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(nprocs))
-    with open(payload, "rb") as f:
-        fn, args = pickle.load(f)  # written by our own launcher a moment ago
     # N processes on N cores: the default thread count oversubscribes and runs many times slower.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // nprocs))
-    result = fn(*args)
-    if rank == 0:
-        torch.save(result, os.path.join(tmp, _RESULT))
+    with open(payload, "rb") as f:
+        fn, args = pickle.load(f)  # written by our own launcher a moment ago
+    try:
+        result = fn(*args)
+        if rank == 0:
+            torch.save(result, os.path.join(tmp, _RESULT))
+    except SystemExit as stop:  # e.g. Preemption's EXIT_PREEMPTED: keep the status, skip the teardown below
+        _exit_now(stop.code if isinstance(stop.code, int) else 1)
+    _exit_now(0)
+
+
+def _exit_now(status: int) -> None:
+    """End a rank whose work is done without interpreter shutdown.
+
+    At shutdown, gloo's background threads are sometimes destroyed while joinable, which aborts
+    the process (SIGABRT, "terminate called without an active exception") after it finished its
+    work; the launcher would then report a failure. Errors raised by ``fn`` never get here: they
+    propagate to torch's wrapper, which reports them with their traceback.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def free_port() -> int:
