@@ -37,14 +37,11 @@ Method (docs/benchmarks.md, section "DDP", has the reasoning and the latest numb
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import gc
 import inspect
 import json
 import os
-import platform
-import random
 import statistics
 import subprocess
 import sys
@@ -65,14 +62,20 @@ from workloads import (
     D_MODEL,
     HEADS,
     LAYERS,
+    LR,
     SEQ,
     VOCAB,
+    BenchTask,
+    LossFn,
     TinyLM,
     lm_data,
     lm_loss,
+    machine,
     make_mlp,
+    median_ci95,
     mlp_data,
     mlp_loss,
+    spread,
 )
 
 import tasktrain as tt
@@ -81,7 +84,6 @@ from tasktrain.strategies.launcher import spawn
 
 WORLD_SIZE = 2
 LOG_EVERY_N_STEPS = 50
-LR = 1e-3
 STEP_TARGET = 1.10  # tasktrain DDP step time / hand-written DDP step time, transformer LM
 STARTUP_TARGET = 1.2  # tasktrain devices=2 start-up / torchrun start-up
 STARTUP_STEPS = 3
@@ -91,31 +93,12 @@ ROOT = Path(__file__).resolve().parent.parent
 # The workloads (the start-up scripts embed this source too, see _startup_scripts).
 # ------------------------------------------------------------------------------------------------
 
-LossFn = Callable[[nn.Module, list[Tensor]], Tensor]
 WORKLOADS: dict[
     str, tuple[Callable[[], nn.Module], LossFn, Callable[[int, torch.Generator], TensorDataset]]
 ] = {
     "lm": (TinyLM, lm_loss, lm_data),
     "mlp": (make_mlp, mlp_loss, mlp_data),
 }
-
-
-class BenchTask(tt.TaskModule):
-    """The tasktrain side: the same network and loss function; one optimizer that lives across fits."""
-
-    def __init__(self, net: nn.Module, loss_fn: LossFn) -> None:
-        super().__init__()
-        self.net = net
-        self.loss_fn = loss_fn
-        self._optimizer: torch.optim.Optimizer | None = None
-
-    def compute_loss(self, batch: list[Tensor]) -> Tensor:
-        return self.loss_fn(self.net, batch)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        if self._optimizer is None:
-            self._optimizer = torch.optim.AdamW(self.parameters(), lr=LR)
-        return self._optimizer
 
 
 @dataclass(frozen=True)
@@ -295,7 +278,7 @@ def run_case(case: Case, rounds: int, steps: int, budget_s: float, warmup: int) 
     raw_wall = [t[0] for a1, _, _, a2 in kept for t in (a1, a2)]
     tt_wall = [t[0] for _, b1, b2, _ in kept for t in (b1, b2)]
     ratios = [(b1[0] + b2[0]) / (a1[0] + a2[0]) for a1, b1, b2, a2 in kept]
-    ratio = {**_spread(ratios), "median_ci95": _median_ci95(ratios)}
+    ratio = {**spread(ratios), "median_ci95": median_ci95(ratios)}
     return {
         "key": case.key,
         "title": case.title,
@@ -309,16 +292,16 @@ def run_case(case: Case, rounds: int, steps: int, budget_s: float, warmup: int) 
         "target": case.target,
         "ratio": ratio,
         "passed": None if case.target is None else ratio["median"] <= case.target,
-        "cpu_ratio": _spread([(b1[1] + b2[1]) / (a1[1] + a2[1]) for a1, b1, b2, a2 in kept]),
+        "cpu_ratio": spread([(b1[1] + b2[1]) / (a1[1] + a2[1]) for a1, b1, b2, a2 in kept]),
         "best_block_ratio": min(tt_wall) / min(raw_wall),
-        "loop_ratio": _spread([(b1[2] + b2[2]) / (a1[0] + a2[0]) for a1, b1, b2, a2 in kept]),
-        "overhead_us_per_step": _spread(
+        "loop_ratio": spread([(b1[2] + b2[2]) / (a1[0] + a2[0]) for a1, b1, b2, a2 in kept]),
+        "overhead_us_per_step": spread(
             [((b1[0] + b2[0]) - (a1[0] + a2[0])) / (2 * steps) * 1e6 for a1, b1, b2, a2 in kept]
         ),
         "fit_fixed_ms": statistics.median([(b[0] - b[2]) * 1e3 for _, b1, b2, _ in kept for b in (b1, b2)]),
-        "noise_raw_ratio": _spread([a2[0] / a1[0] for a1, _, _, a2 in kept]),
-        "raw_steps_per_s": _spread([steps / t for t in raw_wall]),
-        "tasktrain_steps_per_s": _spread([steps / t for t in tt_wall]),
+        "noise_raw_ratio": spread([a2[0] / a1[0] for a1, _, _, a2 in kept]),
+        "raw_steps_per_s": spread([steps / t for t in raw_wall]),
+        "tasktrain_steps_per_s": spread([steps / t for t in tt_wall]),
         "weights_equal_at_end": out["weights_equal"],
     }
 
@@ -574,7 +557,7 @@ def startup(rounds: int, warmup: int) -> dict[str, Any]:
         a["first_step_s"] / b["first_step_s"]
         for a, b in zip(results["tasktrain"], results["torchrun"], strict=True)
     ]
-    ratio = {**_spread(ratios), "median_ci95": _median_ci95(ratios)}
+    ratio = {**spread(ratios), "median_ci95": median_ci95(ratios)}
     report: dict[str, Any] = {
         "rounds": rounds,
         "warmup_rounds": warmup,
@@ -601,8 +584,8 @@ def startup(rounds: int, warmup: int) -> dict[str, Any]:
             previous = key
         report["sides"][side] = {
             "command": _DISPLAY[side],
-            "first_step_s": _spread([run["first_step_s"] for run in runs]),
-            "exit_s": _spread([run["exit_s"] for run in runs]),
+            "first_step_s": spread([run["first_step_s"] for run in runs]),
+            "exit_s": spread([run["exit_s"] for run in runs]),
             "crashed_at_exit": sum(run["exit_code"] != 0 for run in runs),
             "phases": phases,
         }
@@ -612,49 +595,6 @@ def startup(rounds: int, warmup: int) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 # Statistics and report.
 # ------------------------------------------------------------------------------------------------
-
-
-def _spread(values: list[float]) -> dict[str, float]:
-    if len(values) == 1:
-        q1 = q3 = values[0]
-    else:
-        q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return {"median": statistics.median(values), "q1": q1, "q3": q3, "min": min(values), "max": max(values)}
-
-
-def _median_ci95(values: list[float], resamples: int = 2000) -> tuple[float, float]:
-    """A bootstrap 95% confidence interval of the median (how well the rounds pin it down)."""
-    rng = random.Random(0)
-    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
-    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "commit": _git("rev-parse", "--short", "HEAD"),
-        "src_dirty": bool(_git("status", "--porcelain", "--", "src")),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "load_average": os.getloadavg(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "tasktrain": tt.__version__,
-        "platform": platform.platform(),
-    }
-
-
-def _git(*args: str) -> str:
-    try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return out.stdout.strip() if out.returncode == 0 else ""
 
 
 def _verdict(passed: bool | None, quick: bool) -> str:

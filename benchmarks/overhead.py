@@ -40,8 +40,6 @@ import copy
 import gc
 import json
 import os
-import platform
-import random
 import statistics
 import subprocess
 import sys
@@ -59,49 +57,30 @@ from workloads import (
     D_MODEL,
     HEADS,
     LAYERS,
+    LR,
     SEQ,
     VOCAB,
+    BenchTask,
+    LossFn,
     TinyLM,
     lm_data,
     lm_loss,
+    machine,
     make_mlp,
+    median_ci95,
     mlp_data,
     mlp_loss,
+    spread,
 )
 
 import tasktrain as tt
 
 LOG_EVERY_N_STEPS = 50
-LR = 1e-3
 IMPORT_TARGET_S = 0.3
 
 # ------------------------------------------------------------------------------------------------
 # The workloads: a network, a loss function both sides call, and random data.
 # ------------------------------------------------------------------------------------------------
-
-LossFn = Callable[[nn.Module, list[Tensor]], Tensor]
-
-
-class BenchTask(tt.TaskModule):
-    """The tasktrain side: the same network and loss function as the raw loop.
-
-    The optimizer is built once and returned by every ``configure_optimizers`` call, so its
-    state lives across blocks exactly like the raw loop's optimizer does.
-    """
-
-    def __init__(self, net: nn.Module, loss_fn: LossFn) -> None:
-        super().__init__()
-        self.net = net
-        self.loss_fn = loss_fn
-        self._optimizer: torch.optim.Optimizer | None = None
-
-    def compute_loss(self, batch: list[Tensor]) -> Tensor:
-        return self.loss_fn(self.net, batch)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        if self._optimizer is None:
-            self._optimizer = torch.optim.AdamW(self.parameters(), lr=LR)
-        return self._optimizer
 
 
 @dataclass(frozen=True)
@@ -275,7 +254,7 @@ def run_case(case: Case, rounds: int, steps: int, budget_s: float, warmup: int, 
     raw_wall = [t[0] for a1, _, _, a2 in kept for t in (a1, a2)]
     tt_wall = [t[0] for _, b1, b2, _ in kept for t in (b1, b2)]
     ratios = [(b1[0] + b2[0]) / (a1[0] + a2[0]) for a1, b1, b2, a2 in kept]
-    ratio = {**_spread(ratios), "median_ci95": _median_ci95(ratios)}
+    ratio = {**spread(ratios), "median_ci95": median_ci95(ratios)}
     return {
         "key": case.key,
         "title": case.title,
@@ -290,19 +269,19 @@ def run_case(case: Case, rounds: int, steps: int, budget_s: float, warmup: int, 
         "ratio": ratio,
         "passed": ratio["median"] <= case.target,
         # the same, in thread CPU time (blind to time spent descheduled)
-        "cpu_ratio": _spread([(b1[1] + b2[1]) / (a1[1] + a2[1]) for a1, b1, b2, a2 in kept]),
+        "cpu_ratio": spread([(b1[1] + b2[1]) / (a1[1] + a2[1]) for a1, b1, b2, a2 in kept]),
         # fastest tasktrain block over fastest raw block (each side at its least disturbed)
         "best_block_ratio": min(tt_wall) / min(raw_wall),
         # FitResult.metrics["train_runtime"] (the loops only, without fit()'s setup) over raw
-        "loop_ratio": _spread([(b1[2] + b2[2]) / (a1[0] + a2[0]) for a1, b1, b2, a2 in kept]),
-        "overhead_us_per_step": _spread(
+        "loop_ratio": spread([(b1[2] + b2[2]) / (a1[0] + a2[0]) for a1, b1, b2, a2 in kept]),
+        "overhead_us_per_step": spread(
             [((b1[0] + b2[0]) - (a1[0] + a2[0])) / (2 * steps) * 1e6 for a1, b1, b2, a2 in kept]
         ),
         "fit_fixed_ms": statistics.median([(b[0] - b[2]) * 1e3 for _, b1, b2, _ in kept for b in (b1, b2)]),
         # A/A: the second raw block of a round over the first; what pure noise looks like
-        "noise_raw_ratio": _spread([a2[0] / a1[0] for a1, _, _, a2 in kept]),
-        "raw_steps_per_s": _spread([steps / t for t in raw_wall]),
-        "tasktrain_steps_per_s": _spread([steps / t for t in tt_wall]),
+        "noise_raw_ratio": spread([a2[0] / a1[0] for a1, _, _, a2 in kept]),
+        "raw_steps_per_s": spread([steps / t for t in raw_wall]),
+        "tasktrain_steps_per_s": spread([steps / t for t in tt_wall]),
     }
 
 
@@ -362,27 +341,6 @@ def framework_floor(steps: int, rounds: int, root: str) -> dict[str, Any]:
     }
 
 
-def _spread(values: list[float]) -> dict[str, float]:
-    if len(values) == 1:
-        q1 = q3 = values[0]
-    else:
-        q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return {
-        "median": statistics.median(values),
-        "q1": q1,
-        "q3": q3,
-        "min": min(values),
-        "max": max(values),
-    }
-
-
-def _median_ci95(values: list[float], resamples: int = 2000) -> tuple[float, float]:
-    """A bootstrap 95% confidence interval of the median (how well the rounds pin it down)."""
-    rng = random.Random(0)
-    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
-    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
-
-
 def checkpoint_cost(root: str, repeats: int) -> dict[str, float]:
     """Milliseconds for one ``save_checkpoint`` of the tiny MLP task (what an epoch end costs)."""
     gen = torch.Generator().manual_seed(0)
@@ -431,8 +389,8 @@ def import_time(repeats: int) -> dict[str, Any]:
         added_s.append(float(out[1]))
     return {
         "repeats": repeats,
-        "torch_s": _spread(torch_s),
-        "tasktrain_added_s": _spread(added_s),
+        "torch_s": spread(torch_s),
+        "tasktrain_added_s": spread(added_s),
         "costliest_imports": _heaviest_imports(),
         "target_s": IMPORT_TARGET_S,
         "passed": statistics.median(added_s) <= IMPORT_TARGET_S,
@@ -477,43 +435,8 @@ def _heaviest_imports(top: int = 6) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "commit": _git("rev-parse", "--short", "HEAD"),
-        "src_dirty": bool(_git("status", "--porcelain", "--", "src")),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "tasktrain": tt.__version__,
-        "platform": platform.platform(),
-    }
-
-
 def _verdict(passed: bool) -> str:
     return "PASS" if passed else "MISS"
-
-
-def _git(*args: str) -> str:
-    """Which tasktrain was measured (the code moves fast); empty outside a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", *args],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).resolve().parent.parent,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return out.stdout.strip() if out.returncode == 0 else ""
 
 
 def print_report(results: dict[str, Any]) -> None:

@@ -1,12 +1,27 @@
-"""The workloads both benchmarks time: a tiny MLP, where framework overhead dominates, and a small
-causal transformer LM. The hand-written loops and tasktrain run exactly these."""
+"""What both benchmarks share: the workloads (a tiny MLP, where framework overhead dominates, and a
+small causal transformer LM), the tasktrain side of each, and the statistics and machine report."""
 
 from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import random
+import statistics
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
+
+import tasktrain as tt
+
+LR = 1e-3  # AdamW on both sides
+LossFn = Callable[[nn.Module, list[Tensor]], Tensor]
 
 
 def make_mlp() -> nn.Module:
@@ -53,3 +68,82 @@ def lm_loss(net: nn.Module, batch: list[Tensor]) -> Tensor:
 
 def lm_data(n: int, gen: torch.Generator) -> TensorDataset:
     return TensorDataset(torch.randint(0, VOCAB, (n, SEQ + 1), generator=gen))
+
+
+class BenchTask(tt.TaskModule):
+    """The tasktrain side: the same network and loss function as the raw loop.
+
+    The optimizer is built once and returned by every ``configure_optimizers`` call, so its
+    state lives across blocks exactly like the raw loop's optimizer does.
+    """
+
+    def __init__(self, net: nn.Module, loss_fn: LossFn) -> None:
+        super().__init__()
+        self.net = net
+        self.loss_fn = loss_fn
+        self._optimizer: torch.optim.Optimizer | None = None
+
+    def compute_loss(self, batch: list[Tensor]) -> Tensor:
+        return self.loss_fn(self.net, batch)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        if self._optimizer is None:
+            self._optimizer = torch.optim.AdamW(self.parameters(), lr=LR)
+        return self._optimizer
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    if len(values) == 1:
+        q1 = q3 = values[0]
+    else:
+        q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return {
+        "median": statistics.median(values),
+        "q1": q1,
+        "q3": q3,
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def median_ci95(values: list[float], resamples: int = 2000) -> tuple[float, float]:
+    """A bootstrap 95% confidence interval of the median (how well the rounds pin it down)."""
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+
+
+def git(*args: str) -> str:
+    """Which tasktrain was measured (the code moves fast); empty outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", *args],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "src_dirty": bool(git("status", "--porcelain", "--", "src")),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average": os.getloadavg(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "tasktrain": tt.__version__,
+        "platform": platform.platform(),
+    }
