@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,12 @@ from _dist_workers import (
     item_data,
     reference_fit,
 )
+from safetensors.torch import load_file
 from torch import Tensor
 from torch.utils.data import DataLoader
 
 import tasktrain as tt
+from tasktrain.checkpoint import consolidate, read_optimizer_state
 
 GLOBAL_BATCH = PER_RANK_BATCH * WORLD_SIZE * ACCUMULATE
 with torch.random.fork_rng():  # building a module draws random numbers: keep the global RNG as it was
@@ -101,6 +104,29 @@ def check_exact_resume(result: dict[str, Any]) -> None:
     assert not all(torch.equal(stopped["weights"][k], full["weights"][k]) for k in full["weights"])
     assert_weights_equal(resumed["weights"], full["weights"])
     assert_optimizer_states_equal(resumed["optimizer"], full["optimizer"])
+
+
+# -- checkpoint layout -------------------------------------------------------------------------------
+def check_sharded_layout(result: dict[str, Any]) -> None:
+    """Each rank wrote its own DCP shards; nothing was gathered into safetensors or optimizer.pt."""
+    path = Path(result["last_checkpoint"])
+    files = json.loads((path / "manifest.json").read_text())["files"]
+    shards = {name for name in files if name.startswith("sharded/")}
+    assert shards == {"sharded/.metadata", *(f"sharded/__{rank}_0.distcp" for rank in range(WORLD_SIZE))}
+    assert "model.safetensors" not in files
+    assert "optimizer" not in read_optimizer_state(str(path))
+
+
+def check_full_layout(result: dict[str, Any]) -> None:
+    files = json.loads((Path(result["last_checkpoint"]) / "manifest.json").read_text())["files"]
+    assert "model.safetensors" in files and not any(name.startswith("sharded/") for name in files)
+
+
+def check_consolidate(result: dict[str, Any], root: Path) -> None:
+    """``consolidate`` (and so ``tasktrain export``) writes the trained weights as one safetensors file."""
+    out = root / "model.safetensors"
+    consolidate(result["last_checkpoint"], str(out))
+    assert_weights_equal(load_file(out), result["resumed"]["weights"])
 
 
 # -- 6. saved by two ranks, loaded by one ------------------------------------------------------------

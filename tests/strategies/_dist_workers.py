@@ -405,7 +405,13 @@ def logging(kind: str, root: str) -> dict[str, Any]:
     }
 
 
-def resume(kind: str, root: str) -> dict[str, Any]:
+def resume(
+    kind: str,
+    root: str,
+    module_cls: type[ItemNet] = ItemNet,
+    batch_size: int = PER_RANK_BATCH,
+    **strategy_kwargs: Any,
+) -> dict[str, Any]:
     """An uninterrupted run vs. one stopped mid-epoch and resumed from ``ckpt_path="last"``.
 
     AdamW, dropout, shuffled data, accumulation with a remainder group; the default
@@ -414,14 +420,14 @@ def resume(kind: str, root: str) -> dict[str, Any]:
 
     def run(name: str, max_steps: int, seed: int, ckpt_path: str | None = None) -> dict[str, Any]:
         torch.manual_seed(seed)  # initial weights and dropout: a resumed run must not depend on them
-        module = ItemNet(optimizer="adamw", lr=1e-2, dropout=0.2)
+        module = module_cls(optimizer="adamw", lr=1e-2, dropout=0.2)
         trainer = tt.Trainer(
-            strategy=_strategy(kind),
+            strategy=_strategy(kind, **strategy_kwargs),
             max_steps=max_steps,
             accumulate_grad_batches=ACCUMULATE,
             **_quiet(os.path.join(root, name)),
         )
-        loader = DataLoader(item_data(RESUME_SAMPLES), batch_size=PER_RANK_BATCH, shuffle=True)
+        loader = DataLoader(item_data(RESUME_SAMPLES), batch_size=batch_size, shuffle=True)
         trainer.fit(module, loader, ckpt_path=ckpt_path)
         assert trainer.optimizer is not None
         return {
@@ -455,6 +461,7 @@ SCENARIOS: dict[str, dict[str, Callable[[str, str], dict[str, Any]]]] = {
         "conformance": conformance,
         "conformance_nested": lambda kind, root: conformance(kind, root, shard_modules=(nn.Linear,)),
         "resume": resume,
+        "resume_full": lambda kind, root: resume(kind, root, checkpoint="full"),
     },
 }
 
@@ -467,6 +474,9 @@ SCENARIOS["tp"] = {
     # Ranks of one TP group read the same batches: each reads the whole global micro-batch.
     "conformance": lambda kind, root: conformance(
         "tp", root, module_cls=TPItemNet, batch_size=PER_RANK_BATCH * WORLD_SIZE
+    ),
+    "resume": lambda kind, root: resume(
+        kind, root, module_cls=TPItemNet, batch_size=PER_RANK_BATCH * WORLD_SIZE
     ),
 }
 SCENARIOS["fsdp_tp"] = {  # 4 ranks: dp 2 x tp 2, each dp rank reading PER_RANK_BATCH samples

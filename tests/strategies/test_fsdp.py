@@ -12,7 +12,12 @@ from typing import Any
 import _dist_checks as checks
 import _dist_workers as workers
 import pytest
+from torch import nn
+from torch.utils.data import DataLoader
 
+import tasktrain as tt
+from tasktrain.checkpoint import CheckpointError
+from tasktrain.strategies import FSDP
 from tasktrain.strategies.launcher import spawn
 
 
@@ -46,3 +51,41 @@ def test_one_process_resumes_an_fsdp_checkpoint_with_a_world_size_warning(ranks,
 
 def test_one_process_keeps_training_from_an_fsdp_checkpoint(ranks, tmp_path):
     checks.check_one_process_continues(checks.outcome(ranks, "resume"), tmp_path)
+
+
+# -- sharded (default) and full checkpoint layouts ----------------------------------------------------
+def test_fsdp_checkpoints_are_dcp_shards_written_by_every_rank(ranks):
+    checks.check_sharded_layout(checks.outcome(ranks, "resume"))
+
+
+def test_consolidating_an_fsdp_checkpoint_gives_the_trained_weights(ranks, tmp_path):
+    checks.check_consolidate(checks.outcome(ranks, "resume"), tmp_path)
+
+
+def test_full_layout_resumes_exactly_and_loads_in_one_process(ranks, tmp_path):
+    result = checks.outcome(ranks, "resume_full")
+    checks.check_full_layout(result)
+    checks.check_exact_resume(result)
+    checks.check_one_process_restores(result, tmp_path)
+
+
+def test_a_sharded_checkpoint_of_another_model_is_refused_by_name(ranks):
+    class Wider(workers.ItemNet):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net[0] = nn.Linear(4, 16)
+            self.net[3] = nn.Linear(16, 1)
+
+    trainer = tt.Trainer(logger=False, enable_progress_bar=False, accelerator="cpu")
+    loader = DataLoader(workers.item_data(4), batch_size=2)
+    with pytest.raises(
+        CheckpointError, match=r"shape mismatches \['net\.0\.weight: checkpoint \(8, 4\) vs model \(16, 4\)"
+    ):
+        trainer.validate(Wider(), loader, ckpt_path=checks.outcome(ranks, "resume")["last_checkpoint"])
+
+
+def test_an_unknown_checkpoint_layout_is_named_with_the_choices():
+    with pytest.raises(
+        ValueError, match=r"FSDP\(checkpoint='zip'\): accepted values are 'sharded' .* and 'full'"
+    ):
+        FSDP(checkpoint="zip")

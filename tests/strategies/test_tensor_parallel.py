@@ -21,9 +21,28 @@ def _check_weights_and_losses(result: dict[str, Any]) -> None:
     assert result["step_losses"] == pytest.approx(losses, abs=1e-5)
 
 
-def test_tensor_parallel_matches_single_process_training(tmp_path):
-    ranks = spawn(workers.run_scenarios, ("tp", str(tmp_path)), nprocs=workers.WORLD_SIZE)
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> dict[str, Any]:
+    """Every tensor-parallel scenario, run once in two spawned ranks."""
+    root = tmp_path_factory.mktemp("tp")
+    return spawn(workers.run_scenarios, ("tp", str(root)), nprocs=workers.WORLD_SIZE)
+
+
+def test_tensor_parallel_matches_single_process_training(ranks):
     _check_weights_and_losses(checks.outcome(ranks, "conformance"))
+
+
+def test_tensor_parallel_resumes_exactly_from_dcp_shards(ranks):
+    result = checks.outcome(ranks, "resume")
+    checks.check_sharded_layout(result)
+    checks.check_exact_resume(result)
+
+
+def test_a_tensor_parallel_checkpoint_loads_and_resumes_in_one_process(ranks, tmp_path):
+    result = checks.outcome(ranks, "resume")
+    checks.check_load_from_checkpoint(result)
+    checks.check_consolidate(result, tmp_path)
+    checks.check_one_process_restores(result, tmp_path)
 
 
 def test_fsdp_times_tp_on_four_processes_matches_single_process_training(tmp_path):

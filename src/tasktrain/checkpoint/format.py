@@ -4,9 +4,11 @@
 
     step=00000200/
         model.safetensors                 weights (tied tensors stored once, aliases in metadata)
-        (or model-00001-of-00003.safetensors ... + model.safetensors.index.json when sharded)
-        optimizer.pt                      optimizer, scheduler and precision-scaler state;
-                                          loaded with torch.load(weights_only=True)
+        (or model-00001-of-00003.safetensors ... + model.safetensors.index.json when split)
+        (or sharded/ .metadata __0_0.distcp __1_0.distcp ...: model and optimizer state as
+         per-rank torch.distributed.checkpoint shards, from FSDP / tensor parallel; see sharded.py)
+        optimizer.pt                      optimizer (unless sharded), scheduler and precision-scaler
+                                          state; loaded with torch.load(weights_only=True)
         rng.safetensors                   RNG state of every rank (tensors + JSON metadata)
         trainer_state.json                step, epoch, loop progress, callback states, hparams,
                                           versions, strategy and world size
@@ -29,7 +31,9 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import load_file as load_safetensors_file
 from torch import Tensor
 
+from tasktrain.checkpoint.errors import CheckpointError
 from tasktrain.checkpoint.safetensors_io import write_safetensors
+from tasktrain.checkpoint.sharded import SHARDED, is_sharded, read_sharded_weights
 from tasktrain.checkpoint.storage import CheckpointWriter
 from tasktrain.rng import RngState
 
@@ -47,10 +51,6 @@ DEFAULT_SHARD_BYTES = 2 * 1024**3
 M = TypeVar("M", bound="TaskModule[Any]")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, incomplete, corrupt, or does not fit what it is loaded into."""
-
-
 def save_checkpoint(
     path: str,
     weights: Mapping[str, Tensor],
@@ -65,14 +65,32 @@ def save_checkpoint(
         rng: per rank, named RNG snapshots (e.g. ``{"step": ..., "epoch_start": ...}``).
         max_shard_bytes: weights above this size are split into several safetensors files.
     """
+    with open_checkpoint(path, trainer_state) as writer:
+        write_checkpoint(writer, weights, optimizer_state, trainer_state, rng, max_shard_bytes)
+
+
+def open_checkpoint(path: str, trainer_state: Mapping[str, Any]) -> CheckpointWriter:
+    """The writer for a checkpoint of ``trainer_state`` at ``path`` (use it as a context manager)."""
     step = trainer_state.get("global_step")
-    with CheckpointWriter(path, step=step if isinstance(step, int) else None) as writer:
+    return CheckpointWriter(path, step=step if isinstance(step, int) else None)
+
+
+def write_checkpoint(
+    writer: CheckpointWriter,
+    weights: Mapping[str, Tensor] | None,
+    optimizer_state: Mapping[str, Any],
+    trainer_state: Mapping[str, Any],
+    rng: Sequence[Mapping[str, RngState]] = (),
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+) -> None:
+    """Write the files of :func:`save_checkpoint` into ``writer`` (``weights`` None: they are sharded)."""
+    if weights is not None:
         _write_weights(writer, weights, max_shard_bytes)
-        writer.write_with(OPTIMIZER, lambda f: torch.save(dict(optimizer_state), f))
-        if rng:
-            writer.write_bytes(RNG, _rng_bytes(rng))
-        state = {"format_version": FORMAT_VERSION, **trainer_state}
-        writer.write_bytes(STATE, _strict_json(state, path).encode())
+    writer.write_with(OPTIMIZER, lambda f: torch.save(dict(optimizer_state), f))
+    if rng:
+        writer.write_bytes(RNG, _rng_bytes(rng))
+    state = {"format_version": FORMAT_VERSION, **trainer_state}
+    writer.write_bytes(STATE, _strict_json(state, writer.path).encode())
 
 
 def read_state(path: str) -> dict[str, Any]:
@@ -91,7 +109,9 @@ def read_state(path: str) -> dict[str, Any]:
 
 
 def read_weights(path: str) -> dict[str, Tensor]:
-    """The weights of the checkpoint at ``path`` (all shards), tied tensors restored."""
+    """The full weights of the checkpoint at ``path`` (all files or rank shards), tied tensors restored."""
+    if is_sharded(path):
+        return read_sharded_weights(f"{path.rstrip('/')}/{SHARDED}")
     fs, root = url_to_fs(path)
     root = root.rstrip("/")
     if fs.exists(f"{root}/{WEIGHTS_INDEX}"):
@@ -170,24 +190,29 @@ def load_weights_into(
     load: Callable[[torch.nn.Module, dict[str, Tensor]], None] | None = None,
 ) -> None:
     """Load ``weights`` into ``module`` (with ``load``, default ``load_state_dict``), after checking
-    that they fit: an error names every mismatch instead of a partial load."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
+    that they fit (:func:`check_fits`)."""
+    check_fits(module, {name: t.shape for name, t in weights.items()}, path)
+    if load is None:
+        module.load_state_dict(weights)
+    else:
+        load(module, weights)
+
+
+def check_fits(module: torch.nn.Module, shapes: Mapping[str, torch.Size], path: str) -> None:
+    """Raise a CheckpointError naming every missing, unexpected or misshapen tensor, instead of a partial load."""
+    expected = {name: t.shape for name, t in module.state_dict().items()}  # a DTensor's shape is global
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
     wrong_shape = [
-        f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(expected[k].shape)}"
+        f"{k}: checkpoint {tuple(shapes[k])} vs model {tuple(expected[k])}"
         for k in expected
-        if k in weights and weights[k].shape != expected[k].shape
+        if k in shapes and tuple(shapes[k]) != tuple(expected[k])
     ]
     if missing or unexpected or wrong_shape:
         raise CheckpointError(
             f"{path}: the weights do not fit {type(module).__name__} (a checkpoint of another model?): "
             f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}, shape mismatches {wrong_shape[:5]}"
         )
-    if load is None:
-        module.load_state_dict(weights)
-    else:
-        load(module, weights)
 
 
 # -- weights ------------------------------------------------------------------------------------

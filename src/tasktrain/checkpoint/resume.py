@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -12,13 +13,16 @@ import torch
 from tasktrain import __version__
 from tasktrain.checkpoint.format import (
     CheckpointError,
+    check_fits,
     load_weights_into,
+    open_checkpoint,
     read_optimizer_state,
     read_rng,
     read_state,
     read_weights,
-    save_checkpoint,
+    write_checkpoint,
 )
+from tasktrain.checkpoint.sharded import SHARDED, is_sharded, load_sharded, save_sharded, sharded_shapes
 from tasktrain.checkpoint.storage import find_last, problems
 from tasktrain.data import sampler_generator
 from tasktrain.loops.epoch import ResumePoint
@@ -65,47 +69,56 @@ def save_trainer_checkpoint(trainer: Trainer, path: str, max_shard_bytes: int | 
     trainer._call("on_save_checkpoint", state)
     optimizer_state: dict[str, Any] = {"precision": strategy.precision.state_dict()}
     setup = trainer._optim
-    if setup is not None and (saved := strategy.optimizer_state_dict(module, setup.optimizer)) is not None:
-        optimizer_state["optimizer"] = saved
-        if setup.scheduler is not None:
-            optimizer_state["scheduler"] = setup.scheduler.scheduler.state_dict()
+    optimizer = setup.optimizer if setup is not None else None
+    if setup is not None and setup.scheduler is not None:
+        optimizer_state["scheduler"] = setup.scheduler.scheduler.state_dict()
     rng = {"step": RngState.capture(sampler_generator(loader))}
     epoch_start = trainer.fit_loop.epoch_loop.epoch_start_rng
     if epoch_start is not None:
         rng["epoch_start"] = epoch_start
-    weights = strategy.module_state_dict(module)
+    weights: dict[str, Any] | None = None
+    sharded: dict[str, Any] | None = None
+    if strategy.saves_sharded:
+        sharded = strategy.sharded_state_dict(module, optimizer)
+    else:
+        weights = strategy.module_state_dict(module)
+        if optimizer is not None and (saved := strategy.optimizer_state_dict(module, optimizer)) is not None:
+            optimizer_state["optimizer"] = saved
     rng_per_rank = strategy.all_gather_object(rng)
-    if strategy.is_global_zero:
-        kwargs = {} if max_shard_bytes is None else {"max_shard_bytes": max_shard_bytes}
-        save_checkpoint(path, weights, optimizer_state, state, rng=rng_per_rank, **kwargs)
+    writer = open_checkpoint(path, state) if strategy.is_global_zero else None
+    with writer or nullcontext():
+        if sharded is not None:  # every rank writes its shards into rank 0's (temporary) directory
+            directory = strategy.broadcast(writer.directory if writer else None)
+            save_sharded(f"{directory}/{SHARDED}", sharded)
+        if writer is not None:
+            if sharded is not None:
+                writer.record(SHARDED)
+            kwargs = {} if max_shard_bytes is None else {"max_shard_bytes": max_shard_bytes}
+            write_checkpoint(writer, weights, optimizer_state, state, rng=rng_per_rank, **kwargs)
     strategy.barrier()
 
 
 def restore_weights(trainer: Trainer, path: str) -> dict[str, Any]:
     """Load only the module's weights (for validate/test/predict); return the trainer state."""
-    module = trainer.module
-    assert module is not None
     state = read_state(path)
-    load_weights_into(module, read_weights(path), path, load=trainer.strategy.load_module_state_dict)
+    _restore_module(trainer, path, with_optimizer=False)
     return state
 
 
 def restore_trainer_checkpoint(trainer: Trainer, path: str) -> None:
     """Put weights, optimizer, scheduler, scaler, loops, callbacks, RNG and data position back."""
-    state = restore_weights(trainer, path)
-    module = trainer.module
-    assert module is not None
+    state = read_state(path)
     _check_compatible(trainer, state, path)
     optimizer_state = read_optimizer_state(path)
-    setup = trainer._optim
-    assert setup is not None
-    if "optimizer" not in optimizer_state:
+    if not is_sharded(path) and "optimizer" not in optimizer_state:
         raise CheckpointError(
             f"{path} holds no optimizer state (saved by strategy {state.get('strategy', {}).get('name')!r}, which "
             "cannot save it yet), so training cannot resume from it; load its weights with "
             "TaskModule.load_from_checkpoint(path) or validate/test(ckpt_path=...)"
         )
-    trainer.strategy.load_optimizer_state_dict(module, setup.optimizer, optimizer_state["optimizer"])
+    _restore_module(trainer, path, with_optimizer=True, optimizer_state=optimizer_state.get("optimizer"))
+    setup = trainer._optim
+    assert setup is not None
     if setup.scheduler is not None and "scheduler" in optimizer_state:
         setup.scheduler.scheduler.load_state_dict(optimizer_state["scheduler"])
     trainer.strategy.precision.load_state_dict(optimizer_state.get("precision", {}))
@@ -118,6 +131,29 @@ def restore_trainer_checkpoint(trainer: Trainer, path: str) -> None:
             cb.load_state_dict(saved_callbacks[cb.state_key])
     trainer._call("on_load_checkpoint", state)
     trainer.fit_loop.epoch_loop.resume_from(_resume_point(trainer, state, path))
+
+
+def _restore_module(
+    trainer: Trainer, path: str, with_optimizer: bool, optimizer_state: dict[str, Any] | None = None
+) -> None:
+    """Load the weights (and the optimizer state) from full safetensors or from DCP shards."""
+    module, strategy = trainer.module, trainer.strategy
+    assert module is not None
+    optimizer = trainer._optim.optimizer if with_optimizer and trainer._optim is not None else None
+    template = strategy.sharded_state_dict(module, optimizer) if is_sharded(path) else None
+    if template is not None:  # DCP reads each rank's part straight into its shards
+        check_fits(module, sharded_shapes(f"{path}/{SHARDED}"), path)
+        load_sharded(f"{path}/{SHARDED}", template)
+        strategy.load_sharded_state_dict(module, optimizer, template)
+        return
+    load_weights_into(module, read_weights(path), path, load=strategy.load_module_state_dict)
+    if optimizer is not None:
+        if optimizer_state is None:
+            raise CheckpointError(
+                f"{path} keeps its optimizer state in DCP shards, which strategy {strategy.name!r} cannot load; "
+                "resume it with strategy 'fsdp', 'tp', 'ddp' or 'single'"
+            )
+        strategy.load_optimizer_state_dict(module, optimizer, optimizer_state)
 
 
 def _resume_point(trainer: Trainer, state: dict[str, Any], path: str) -> ResumePoint:

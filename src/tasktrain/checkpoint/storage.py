@@ -55,6 +55,17 @@ class CheckpointWriter:
         elif self._atomic_rename and self.fs.exists(self._dir):
             self.fs.rm(self._dir, recursive=True)
 
+    @property
+    def directory(self) -> str:
+        """Where the files go until commit (a URL when the filesystem is not local)."""
+        return self._dir if self._atomic_rename else str(self.fs.unstrip_protocol(self._dir))
+
+    def record(self, folder: str) -> None:
+        """Add every file under ``folder`` (written by others, e.g. other ranks) to the manifest."""
+        base = f"{self._dir}/{folder}"
+        for file, info in self.fs.find(base, detail=True).items():
+            self._sizes[f"{folder}/{file[len(base) + 1 :]}"] = int(info["size"])
+
     def write_bytes(self, name: str, data: bytes) -> None:
         self.write_with(name, lambda f: f.write(data))
 

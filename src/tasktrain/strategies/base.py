@@ -205,6 +205,38 @@ class Strategy:
 
         set_optimizer_state_dict(module, optimizer, state)
 
+    # Sharded checkpoints: each rank saves and loads only its own shards with DCP. Any strategy
+    # can *load* one (DCP reshards into the tensors given here); only those with
+    # ``saves_sharded`` write one.
+    @property
+    def saves_sharded(self) -> bool:
+        """Whether checkpoints are written as per-rank DCP shards instead of full safetensors weights."""
+        return False
+
+    def sharded_state_dict(
+        self, module: nn.Module, optimizer: Optimizer | None = None
+    ) -> dict[str, Any] | None:
+        """This rank's share of the model (and optimizer) state, as DCP saves it and loads into it.
+
+        None: this strategy cannot take a sharded checkpoint's state this way (it then loads full weights).
+        """
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+        state: dict[str, Any] = {"model": get_model_state_dict(module)}
+        if optimizer is not None:
+            state["optimizer"] = get_optimizer_state_dict(module, optimizer)
+        return state
+
+    def load_sharded_state_dict(
+        self, module: nn.Module, optimizer: Optimizer | None, state: dict[str, Any]
+    ) -> None:
+        """Put a state filled in by DCP (see :meth:`sharded_state_dict`) back into module and optimizer."""
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+        set_model_state_dict(module, state["model"])
+        if optimizer is not None:
+            set_optimizer_state_dict(module, optimizer, state["optimizer"])
+
     @contextmanager
     def module_init_context(self) -> Iterator[None]:
         """Where ``configure_model`` builds layers (e.g. on the meta device for sharded strategies)."""

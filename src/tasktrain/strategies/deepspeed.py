@@ -143,6 +143,11 @@ class DeepSpeed(ParallelStrategy):
             return {k.removeprefix("module."): v for k, v in gathered.items()}
         return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
+    def sharded_state_dict(
+        self, module: nn.Module, optimizer: Optimizer | None = None
+    ) -> dict[str, Any] | None:
+        return None  # ZeRO partitions are not DTensors: a sharded checkpoint loads here as full weights
+
     def optimizer_state_dict(self, module: nn.Module, optimizer: Optimizer) -> dict[str, Any] | None:
         return None  # partitioned ZeRO state is not saved yet: checkpoints hold weights, resume refuses
 

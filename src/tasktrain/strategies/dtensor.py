@@ -18,8 +18,28 @@ from torch.optim import Optimizer
 _SCATTER = StateDictOptions(full_state_dict=True)
 
 
-class LoadsFullState:
-    """Mixin: load full (unsharded) checkpoint tensors into DTensor parameters and their state."""
+CHECKPOINT_LAYOUTS = ("sharded", "full")
+
+
+def checked_layout(strategy: str, checkpoint: str) -> str:
+    """``checkpoint`` if it names a layout, else a ValueError naming the argument and the choices."""
+    if checkpoint not in CHECKPOINT_LAYOUTS:
+        raise ValueError(
+            f"{strategy}(checkpoint={checkpoint!r}): accepted values are 'sharded' (every rank writes its "
+            "shards with torch.distributed.checkpoint) and 'full' (rank 0 writes the gathered weights)"
+        )
+    return checkpoint
+
+
+class DTensorCheckpointing:
+    """Mixin: checkpoint layout choice, and loading full (unsharded) checkpoint tensors into DTensor
+    parameters and their state."""
+
+    checkpoint: str = "sharded"
+
+    @property
+    def saves_sharded(self) -> bool:
+        return self.checkpoint == "sharded"
 
     def load_module_state_dict(self, module: nn.Module, weights: dict[str, Tensor]) -> None:
         set_model_state_dict(module, dict(weights), options=_SCATTER)

@@ -19,20 +19,23 @@ from torch.optim import Optimizer
 
 from tasktrain.precision import Precision
 from tasktrain.strategies.ddp import _StepRouter
-from tasktrain.strategies.dtensor import LoadsFullState, full_tensor, gradient_sync
+from tasktrain.strategies.dtensor import DTensorCheckpointing, checked_layout, full_tensor, gradient_sync
 from tasktrain.strategies.parallel import DEFAULT_TIMEOUT, ParallelStrategy
 
 
-class FSDP(LoadsFullState, ParallelStrategy):
+class FSDP(DTensorCheckpointing, ParallelStrategy):
     """Shard the module with FSDP2: each module of a class in ``shard_modules`` becomes its own unit.
 
     Args:
         shard_modules: module classes to shard separately (e.g. your transformer block); the rest
             of the model forms the root unit. Empty: one unit for the whole model.
         reshard_after_forward: free gathered parameters after forward (less memory, more communication).
+        checkpoint: ``"sharded"``: every rank writes its own shards with ``torch.distributed.checkpoint``
+            (nothing is gathered); ``"full"``: rank 0 writes the gathered weights as safetensors.
+            Both load under any world size and any strategy.
 
     With ``precision="bf16-mixed"`` parameters are gathered in bfloat16 and gradients reduced in
-    float32. Checkpoints hold full (gathered) weights, so they load under any world size.
+    float32.
 
     Example:
         >>> import tasktrain as tt
@@ -49,8 +52,10 @@ class FSDP(LoadsFullState, ParallelStrategy):
         timeout: timedelta = DEFAULT_TIMEOUT,
         shard_modules: Iterable[type[nn.Module]] = (),
         reshard_after_forward: bool = True,
+        checkpoint: str = "sharded",
     ) -> None:
         super().__init__(num_processes, accelerator, precision, timeout)
+        self.checkpoint = checked_layout("FSDP", checkpoint)
         self.shard_modules = tuple(shard_modules)
         self.reshard_after_forward = reshard_after_forward
         self.model: FSDPModule | None = None

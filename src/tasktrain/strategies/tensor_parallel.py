@@ -14,17 +14,19 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 from torch.optim import Optimizer
 
 from tasktrain.precision import Precision
-from tasktrain.strategies.dtensor import LoadsFullState, full_tensor, gradient_sync
+from tasktrain.strategies.dtensor import DTensorCheckpointing, checked_layout, full_tensor, gradient_sync
 from tasktrain.strategies.fsdp import apply_fsdp
 from tasktrain.strategies.parallel import DEFAULT_TIMEOUT, ParallelStrategy
 
 
-class TensorParallel(LoadsFullState, ParallelStrategy):
+class TensorParallel(DTensorCheckpointing, ParallelStrategy):
     """Split layers across ``tp_size`` ranks with the plan in ``TaskModule.parallelize(mesh)``.
 
     The ranks form a ``(dp, tp)`` mesh with ``dp = world_size // tp_size``. Ranks of one TP group
     see the same batches; with ``dp > 1`` the model is also FSDP-sharded over the ``dp`` dimension
-    (FSDP × TP). ``tp_size`` defaults to every rank (pure tensor parallelism).
+    (FSDP × TP). ``tp_size`` defaults to every rank (pure tensor parallelism). ``checkpoint``:
+    ``"sharded"`` (each rank writes its shards with ``torch.distributed.checkpoint``) or
+    ``"full"`` (rank 0 writes gathered safetensors weights); see :class:`~tasktrain.strategies.FSDP`.
 
     Example:
         >>> class Net(tt.TaskModule):  # doctest: +SKIP
@@ -42,8 +44,10 @@ class TensorParallel(LoadsFullState, ParallelStrategy):
         precision: Precision | None = None,
         timeout: timedelta = DEFAULT_TIMEOUT,
         tp_size: int | None = None,
+        checkpoint: str = "sharded",
     ) -> None:
         super().__init__(num_processes, accelerator, precision, timeout)
+        self.checkpoint = checked_layout("TensorParallel", checkpoint)
         self.tp_size = tp_size
         self.mesh: DeviceMesh | None = None
         self.module: nn.Module | None = None
