@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset, RandomSampler, TensorDataset
 
-from tasktrain.data import SkipFirstBatches, sampler_generator, skip_batches
+from tasktrain.data import (
+    PredictionShard,
+    SkipFirstBatches,
+    sampler_generator,
+    shard_for_prediction,
+    skip_batches,
+)
 
 
 class Counting(Dataset):
@@ -159,3 +167,44 @@ def test_a_sampler_that_cannot_be_sharded_is_refused_not_replaced():
     loader = DataLoader(dataset, batch_size=2, sampler=WeightedRandomSampler([1.0] * 8, num_samples=8))
     with pytest.raises(ValueError, match="WeightedRandomSampler"):
         with_distributed_sampler(loader, num_replicas=2, rank=0)
+
+
+# -- prediction shards -------------------------------------------------------------------------------
+@given(
+    num_samples=st.integers(0, 30),
+    num_replicas=st.integers(1, 5),
+    batch_size=st.integers(1, 6),
+)
+def test_prediction_shards_cover_the_dataset_once_in_order_with_equal_batch_counts(
+    num_samples, num_replicas, batch_size
+):
+
+    gathered: list[int] = []
+    batch_counts = set()
+    for rank in range(num_replicas):
+        shard = PredictionShard(num_samples, num_replicas, rank, batch_size, drop_last=False)
+        batches = list(BatchSampler(shard.indices(), batch_size, drop_last=False))
+        batch_counts.add(len(batches))
+        outputs = [torch.tensor(batch) for batch in batches]  # a predict_step that returns the indices
+        gathered += [i for out in shard.trim(outputs) for i in out.tolist()]
+    assert gathered == list(range(num_samples))
+    assert len(batch_counts) == 1  # sharded strategies need every rank to run the same number of forwards
+
+
+def test_a_padded_batch_whose_output_has_no_row_per_sample_cannot_be_trimmed():
+
+    shard = PredictionShard(num_samples=5, num_replicas=2, rank=1, batch_size=3, drop_last=False)
+    assert shard.indices() == [3, 4, 4] and shard.padding == 1
+    assert shard.trim([{"y": torch.zeros(3, 2)}])[0]["y"].shape == (2, 2)
+    with pytest.raises(ValueError, match=r"shape \(\) has no row per sample \(3\)"):
+        shard.trim([torch.tensor(1.0)])
+    with pytest.raises(ValueError, match=r"it \(str\) holds no tensors"):
+        shard.trim(["text"])
+
+
+def test_a_shuffling_prediction_loader_is_refused_under_several_ranks():
+
+    loader = DataLoader(TensorDataset(torch.arange(8)), batch_size=2, shuffle=True)
+    with pytest.raises(ValueError, match=r"sampler is a RandomSampler.*shuffle=False"):
+        shard_for_prediction(loader, num_replicas=2, rank=0)
+    assert shard_for_prediction(loader, num_replicas=1, rank=0) == (loader, None)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import itertools
 import warnings
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from lightning_utilities.core.apply_func import apply_to_collection
+from torch import Tensor
 from torch.utils.data import (
     BatchSampler,
     DataLoader,
@@ -109,6 +112,111 @@ def with_distributed_sampler(
         sampler, dataloader.batch_sampler.batch_size, dataloader.batch_sampler.drop_last
     )
     return _with_batch_sampler(dataloader, batch_sampler)
+
+
+@dataclass(frozen=True)
+class PredictionShard:
+    """One data-parallel rank's contiguous slice of a prediction dataset, and how to undo its padding.
+
+    Every rank gets ``ceil(n / num_replicas)`` indices, so every rank runs the same number of
+    batches (sharded strategies need that: each forward is a collective). The last rank's slice
+    is padded by repeating the last index; :meth:`trim` drops the outputs of those repeats.
+
+    Example:
+        >>> shard = PredictionShard(num_samples=5, num_replicas=2, rank=1, batch_size=2, drop_last=False)
+        >>> shard.indices(), shard.padding
+        ([3, 4, 4], 1)
+    """
+
+    num_samples: int
+    num_replicas: int
+    rank: int
+    batch_size: int
+    drop_last: bool
+
+    @property
+    def per_rank(self) -> int:
+        return -(-self.num_samples // self.num_replicas)
+
+    @property
+    def padding(self) -> int:
+        """How many of this rank's indices are repeats (only the last ranks have any)."""
+        start = self.rank * self.per_rank
+        return self.per_rank - max(0, min(self.per_rank, self.num_samples - start))
+
+    def indices(self) -> list[int]:
+        start = self.rank * self.per_rank
+        return [min(i, self.num_samples - 1) for i in range(start, start + self.per_rank)]
+
+    def trim(self, outputs: list[Any]) -> list[Any]:
+        """The batch outputs without the padded samples' rows (tensors are sliced along dim 0)."""
+        real = self.per_rank - self.padding
+        kept: list[Any] = []
+        for i, out in enumerate(outputs):
+            size = min(self.batch_size, self.per_rank - i * self.batch_size)
+            keep = max(0, min(size, real - i * self.batch_size))
+            if keep == size:
+                kept.append(out)
+            elif keep > 0:
+                kept.append(_first_rows(out, keep, size))
+        return kept
+
+
+def _first_rows(output: Any, keep: int, size: int) -> Any:
+    """``output`` with only the first ``keep`` of its ``size`` rows, for every tensor in it."""
+    problem = (
+        f"predict: the last batch on this rank ends with {size - keep} repeated sample(s) that give every rank "
+        "an equal share, and its output cannot be trimmed"
+    )
+    advice = (
+        "return per-sample tensors from predict_step, or make the dataset size divisible by the number "
+        "of data-parallel ranks"
+    )
+    cut_any = False
+
+    def cut(tensor: Tensor) -> Tensor:
+        nonlocal cut_any
+        if tensor.dim() == 0 or tensor.shape[0] != size:
+            raise ValueError(
+                f"{problem}: a tensor of shape {tuple(tensor.shape)} has no row per sample ({size}); {advice}"
+            )
+        cut_any = True
+        return tensor[:keep]
+
+    trimmed = apply_to_collection(output, Tensor, cut)
+    if not cut_any:
+        raise ValueError(f"{problem}: it ({type(output).__name__}) holds no tensors; {advice}")
+    return trimmed
+
+
+def shard_for_prediction(
+    dataloader: Iterable[Any], num_replicas: int, rank: int
+) -> tuple[Iterable[Any], PredictionShard | None]:
+    """``dataloader`` reading only this rank's contiguous slice, and the shard (None: left as is).
+
+    Loaders that shard themselves (a ``DistributedSampler``, an iterable dataset, a custom loader
+    class or batch sampler) are left unchanged. A shuffling loader is refused: predictions are
+    returned in dataset order.
+    """
+    if (
+        num_replicas == 1
+        or type(dataloader) is not DataLoader
+        or isinstance(dataloader.dataset, IterableDataset)
+        or type(dataloader.batch_sampler) is not BatchSampler
+        or isinstance(dataloader.sampler, DistributedSampler)
+    ):
+        return dataloader, None
+    if type(dataloader.sampler) is not SequentialSampler:
+        raise ValueError(
+            f"predict under {num_replicas} data-parallel ranks: the dataloader's sampler is a "
+            f"{type(dataloader.sampler).__name__}; tasktrain splits the dataset in order and returns the "
+            "predictions in that order, so pass a loader with shuffle=False (or one that shards itself)"
+        )
+    batch_sampler = dataloader.batch_sampler
+    size = len(dataloader.sampler)  # a SequentialSampler: the dataset's length
+    shard = PredictionShard(size, num_replicas, rank, batch_sampler.batch_size, batch_sampler.drop_last)
+    batches = BatchSampler(shard.indices(), shard.batch_size, shard.drop_last)
+    return _with_batch_sampler(dataloader, batches), shard
 
 
 def sampler_generator(dataloader: Iterable[Any] | None) -> torch.Generator | None:

@@ -248,10 +248,11 @@ class Trainer:
         dataloaders: DataLoader[Any] | None = None,
         ckpt_path: str | None = None,
     ) -> list[Any]:
-        """Return ``predict_step``'s output for every batch, in order.
+        """Return ``predict_step``'s output for every batch, in dataset order.
 
-        Under a multi-process strategy every rank predicts the whole dataloader (so the order is
-        the loader's), and rank 0's outputs are returned.
+        Under several data-parallel ranks each rank predicts a contiguous slice of the dataset
+        and the outputs of all ranks come back concatenated in order (so the batches may be cut
+        differently than in one process); a loader that shards itself is left as it is.
         """
         self.strategy.check_module(module)
         if self.strategy.needs_launch:
@@ -263,7 +264,8 @@ class Trainer:
         with self._run(module, "predict"):
             self._load_weights(ckpt_path)
             loader = dataloaders if dataloaders is not None else module.predict_dataloader()
-            return self.predict_loop.run(self._context(module), loader)
+            loader = self.strategy.process_predict_dataloader(loader)
+            return self.strategy.gather_predictions(self.predict_loop.run(self._context(module), loader))
 
     def save_checkpoint(self, path: str, max_shard_bytes: int | None = None) -> None:
         """Save everything needed to resume exactly to the directory ``path`` (local path or URL).

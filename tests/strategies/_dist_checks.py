@@ -13,11 +13,13 @@ from _dist_workers import (
     ACCUMULATE,
     CONFORMANCE_EPOCHS,
     PER_RANK_BATCH,
+    PREDICT_SAMPLES,
     RESUME_SAMPLES,
     RESUME_STEPS,
     RESUME_STOP,
     WORLD_SIZE,
     ItemNet,
+    index_data,
     initial_weights,
     item_data,
     reference_fit,
@@ -175,3 +177,16 @@ def check_one_process_continues(result: dict[str, Any], root: Path) -> None:
     steps = {float(s["step"]) for s in trainer.optimizer.state_dict()["state"].values()}
     assert steps == {RESUME_STEPS + 2.0}  # AdamW's step count went on from the checkpoint's
     assert not math.isnan(trainer.callback_metrics.get("train/loss", 0.0))
+
+
+# -- prediction ----------------------------------------------------------------------------------------
+def check_predictions(result: dict[str, Any]) -> None:
+    """Every sample predicted exactly once, in dataset order, as one process computes it."""
+    index, x = index_data(PREDICT_SAMPLES)[:]
+    net = ItemNet()
+    net.load_state_dict(initial_weights(0))
+    outputs = result["outputs"]
+    assert torch.equal(torch.cat([out["index"] for out in outputs]), index)
+    torch.testing.assert_close(
+        torch.cat([out["y"] for out in outputs]), net.net(x).detach(), atol=1e-6, rtol=0
+    )

@@ -448,6 +448,25 @@ def resume(
     }
 
 
+PREDICT_SAMPLES = 11  # not a multiple of 2 ranks x 3 per batch: the last rank's slice is padded
+
+
+class PredictNet(TPItemNet):
+    """Predicts ``net(x)`` with the sample indices (a tensor-parallel plan for ``tp``)."""
+
+    def predict_step(self, batch, batch_idx):
+        index, x = batch
+        return {"index": index, "y": self.net(x)}
+
+
+def predict(kind: str, root: str) -> dict[str, Any]:
+    """``predict`` over a dataset that does not split evenly, from the seed-0 initial weights."""
+    torch.manual_seed(0)
+    trainer = tt.Trainer(strategy=_strategy(kind), **_quiet(root, enable_checkpointing=False))
+    outputs = trainer.predict(PredictNet(), DataLoader(index_data(PREDICT_SAMPLES), batch_size=3))
+    return {"outputs": [{k: v.detach().clone() for k, v in out.items()} for out in outputs]}
+
+
 SCENARIOS: dict[str, dict[str, Callable[[str, str], dict[str, Any]]]] = {
     "ddp": {
         "conformance": conformance,
@@ -456,12 +475,14 @@ SCENARIOS: dict[str, dict[str, Callable[[str, str], dict[str, Any]]]] = {
         "sampler": sampler,
         "logging": logging,
         "resume": resume,
+        "predict": predict,
     },
     "fsdp": {
         "conformance": conformance,
         "conformance_nested": lambda kind, root: conformance(kind, root, shard_modules=(nn.Linear,)),
         "resume": resume,
         "resume_full": lambda kind, root: resume(kind, root, checkpoint="full"),
+        "predict": predict,
     },
 }
 
@@ -478,6 +499,7 @@ SCENARIOS["tp"] = {
     "resume": lambda kind, root: resume(
         kind, root, module_cls=TPItemNet, batch_size=PER_RANK_BATCH * WORLD_SIZE
     ),
+    "predict": predict,
 }
 SCENARIOS["fsdp_tp"] = {  # 4 ranks: dp 2 x tp 2, each dp rank reading PER_RANK_BATCH samples
     "conformance": lambda kind, root: conformance("tp", root, module_cls=TPItemNet, tp_size=2),

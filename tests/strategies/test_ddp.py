@@ -202,3 +202,7 @@ def test_a_user_ddp_subclass_is_used_and_trains_like_ddp(ranks):
     assert counting["optimizer_steps"] == counting["global_step"] == plain["global_step"]
     checks.assert_weights_equal(counting["weights"], plain["weights"])
     assert counting["step_losses"] == plain["step_losses"]
+
+
+def test_predict_returns_every_sample_once_in_dataset_order(ranks):
+    checks.check_predictions(checks.outcome(ranks, "predict"))

@@ -89,3 +89,7 @@ def test_an_unknown_checkpoint_layout_is_named_with_the_choices():
         ValueError, match=r"FSDP\(checkpoint='zip'\): accepted values are 'sharded' .* and 'full'"
     ):
         FSDP(checkpoint="zip")
+
+
+def test_predict_returns_every_sample_once_in_dataset_order(ranks):
+    checks.check_predictions(checks.outcome(ranks, "predict"))

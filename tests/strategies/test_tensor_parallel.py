@@ -58,3 +58,7 @@ def test_a_module_without_a_plan_fails_before_any_process_starts(monkeypatch):
     trainer = tt.Trainer(strategy="tp", devices=2, logger=False, enable_checkpointing=False)
     with pytest.raises(ValueError, match=r"parallelize\(mesh\)"):
         trainer.fit(workers.ItemNet(), DataLoader(workers.item_data(), batch_size=2))
+
+
+def test_predict_returns_every_sample_once_in_dataset_order(ranks):
+    checks.check_predictions(checks.outcome(ranks, "predict"))

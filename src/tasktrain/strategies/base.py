@@ -90,6 +90,14 @@ class Strategy:
         """The dataloader as this rank should read it (data-parallel strategies shard it)."""
         return dataloader
 
+    def process_predict_dataloader(self, dataloader: Any) -> Any:
+        """The prediction dataloader as this rank should read it (data-parallel strategies split it)."""
+        return dataloader
+
+    def gather_predictions(self, outputs: list[Any]) -> list[Any]:
+        """Every rank's ``predict_step`` outputs, in dataset order (this rank's alone on one process)."""
+        return outputs
+
     def check_module(self, module: nn.Module) -> None:
         """Fail early (before any process starts) if ``module`` cannot run under this strategy."""
 

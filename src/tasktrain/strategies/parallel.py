@@ -11,7 +11,7 @@ import torch.distributed as dist
 from lightning_utilities.core.rank_zero import rank_zero_only
 from torch import Tensor
 
-from tasktrain.data import with_distributed_sampler
+from tasktrain.data import PredictionShard, shard_for_prediction, with_distributed_sampler
 from tasktrain.precision import Precision
 from tasktrain.strategies.base import Strategy
 from tasktrain.strategies.launcher import free_port
@@ -48,6 +48,7 @@ class ParallelStrategy(Strategy):
         self._num_processes = num_processes
         self.accelerator = accelerator
         self.timeout = timeout
+        self._prediction_shard: PredictionShard | None = None
 
     @property
     def num_processes(self) -> int:
@@ -80,6 +81,19 @@ class ParallelStrategy(Strategy):
     @property
     def data_parallel_rank(self) -> int:
         return self.global_rank
+
+    def process_predict_dataloader(self, dataloader: Any) -> Any:
+        loader, self._prediction_shard = shard_for_prediction(
+            dataloader, self.data_parallel_size, self.data_parallel_rank
+        )
+        return loader
+
+    def gather_predictions(self, outputs: list[Any]) -> list[Any]:
+        if self._prediction_shard is not None:
+            outputs = self._prediction_shard.trim(outputs)
+        # Ranks of one tensor-parallel group predicted the same batches: keep one copy per data rank.
+        per_rank = dict(reversed(self.all_gather_object((self.data_parallel_rank, outputs))))
+        return [out for rank in sorted(per_rank) for out in per_rank[rank]]
 
     def setup_environment(self) -> None:
         use_cuda = self.accelerator == "cuda" or (self.accelerator == "auto" and torch.cuda.is_available())

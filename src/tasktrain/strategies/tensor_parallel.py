@@ -7,8 +7,10 @@ from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 from typing import Any
 
+from lightning_utilities.core.apply_func import apply_to_collection
 from lightning_utilities.core.overrides import is_overridden
 from torch import Tensor, nn
+from torch.distributed._functional_collectives import AsyncCollectiveTensor
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 from torch.optim import Optimizer
@@ -96,6 +98,11 @@ class TensorParallel(DTensorCheckpointing, ParallelStrategy):
             return self.model(step, batch, batch_idx)  # type: ignore[operator]
         return step(batch, batch_idx)
 
+    def gather_predictions(self, outputs: list[Any]) -> list[Any]:
+        # Outputs of a tensor-parallel layer are AsyncCollectiveTensors: the last batch's all-reduce
+        # may still be in flight, and pickling reads the buffer without waiting for it.
+        return super().gather_predictions(apply_to_collection(outputs, AsyncCollectiveTensor, _wait))
+
     def no_backward_sync(self, enabled: bool) -> AbstractContextManager[Any]:
         return gradient_sync(self.model, sync=not enabled) if self.model is not None else nullcontext()
 
@@ -103,3 +110,7 @@ class TensorParallel(DTensorCheckpointing, ParallelStrategy):
         self, module: nn.Module, optimizer: Optimizer, value: float, algorithm: str
     ) -> Tensor | None:
         return full_tensor(super().clip_gradients(module, optimizer, value, algorithm))
+
+
+def _wait(tensor: AsyncCollectiveTensor) -> Tensor:
+    return tensor.wait()
