@@ -4,6 +4,10 @@ Every fenced block marked ```` ```python ```` is executed; the blocks of one pag
 one namespace, in a temporary directory. Fragments that are not meant to run on their own are
 marked ```` ```py ```` (rendered the same) and only checked to compile, as the body of a
 function (so a bare ``return`` is fine).
+
+A block whose fence has a title, such as ```` ```python title="Lightning" ````, shows another
+framework's code (the migration pages put it next to ours): it is checked to compile like a
+```` ```py ```` block and never run, since it imports packages tasktrain does not need.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
-_BLOCK = re.compile(r"^```(python|py)\n(.*?)^```", flags=re.MULTILINE | re.DOTALL)
+_BLOCK = re.compile(r'^```(python|py)( title="[^"\n]*")?\n(.*?)^```', flags=re.MULTILINE | re.DOTALL)
 
 
 def blocks(page: Path, kind: str) -> list[str]:
-    return [code for lang, code in _BLOCK.findall(page.read_text(encoding="utf-8")) if lang == kind]
+    """The page's blocks to run (``"python"``) or to compile only (``"py"``: fragments and titled blocks)."""
+    found = _BLOCK.findall(page.read_text(encoding="utf-8"))
+    return [code for lang, title, code in found if ("py" if title or lang == "py" else "python") == kind]
 
 
 def page_id(page: Path) -> str:
