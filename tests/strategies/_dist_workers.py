@@ -410,9 +410,11 @@ def resume(
     root: str,
     module_cls: type[ItemNet] = ItemNet,
     batch_size: int = PER_RANK_BATCH,
+    resume_kind: str | None = None,
     **strategy_kwargs: Any,
 ) -> dict[str, Any]:
-    """An uninterrupted run vs. one stopped mid-epoch and resumed from ``ckpt_path="last"``.
+    """An uninterrupted run vs. one stopped mid-epoch and resumed from ``ckpt_path="last"``
+    (under the strategy ``resume_kind``, if given).
 
     AdamW, dropout, shuffled data, accumulation with a remainder group; the default
     ModelCheckpoint saves into a directory shared by the ranks.
@@ -421,8 +423,9 @@ def resume(
     def run(name: str, max_steps: int, seed: int, ckpt_path: str | None = None) -> dict[str, Any]:
         torch.manual_seed(seed)  # initial weights and dropout: a resumed run must not depend on them
         module = module_cls(optimizer="adamw", lr=1e-2, dropout=0.2)
+        strategy_kind = resume_kind if ckpt_path is not None and resume_kind else kind
         trainer = tt.Trainer(
-            strategy=_strategy(kind, **strategy_kwargs),
+            strategy=_strategy(strategy_kind, **strategy_kwargs),
             max_steps=max_steps,
             accumulate_grad_batches=ACCUMULATE,
             **_quiet(os.path.join(root, name)),
@@ -488,8 +491,20 @@ SCENARIOS: dict[str, dict[str, Callable[[str, str], dict[str, Any]]]] = {
 
 
 SCENARIOS["deepspeed"] = {
-    f"stage{stage}": partial(lambda kind, root, stage: conformance(f"deepspeed_{stage}", root), stage=stage)
-    for stage in (1, 2, 3)
+    **{
+        f"stage{stage}": partial(
+            lambda kind, root, stage: conformance(f"deepspeed_{stage}", root), stage=stage
+        )
+        for stage in (1, 2, 3)
+    },
+    **{
+        f"resume_stage{stage}": partial(
+            lambda kind, root, stage: resume(f"deepspeed_{stage}", root), stage=stage
+        )
+        for stage in (1, 2, 3)
+    },
+    "ddp_to_stage2": lambda kind, root: resume("ddp", root, resume_kind="deepspeed_2"),
+    "stage3_to_ddp": lambda kind, root: resume("deepspeed_3", root, resume_kind="ddp"),
 }
 SCENARIOS["tp"] = {
     # Ranks of one TP group read the same batches: each reads the whole global micro-batch.

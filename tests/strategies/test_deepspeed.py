@@ -11,6 +11,7 @@ from typing import Any
 import _dist_checks as checks
 import _dist_workers as workers
 import pytest
+import torch
 
 pytest.importorskip("deepspeed")
 
@@ -30,6 +31,35 @@ def ranks(tmp_path_factory) -> dict[str, Any]:
 def test_zero_stage_matches_single_process_training_with_accumulation_and_count_items(ranks, stage):
     """The loops own accumulation (remainder group included); DeepSpeed must not rescale the loss again."""
     checks.check_conformance(checks.outcome(ranks, f"stage{stage}"))
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_zero_stage_resumes_bit_identically_with_its_optimizer_state(ranks, stage):
+    """AdamW state, fp32 master weights and step count survive a checkpoint, stopped mid-epoch."""
+    checks.check_exact_resume(checks.outcome(ranks, f"resume_stage{stage}"))
+
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_a_zero_checkpoint_resumes_in_one_process_and_exports(ranks, stage, tmp_path):
+    """The checkpoint holds full tensors keyed by name, like every strategy's: no DeepSpeed needed to read it."""
+    result = checks.outcome(ranks, f"resume_stage{stage}")
+    checks.check_full_layout(result)
+    checks.check_load_from_checkpoint(result)
+    checks.check_consolidate(result, tmp_path)
+    checks.check_one_process_restores(result, tmp_path)
+
+
+@pytest.mark.parametrize("scenario", ["ddp_to_stage2", "stage3_to_ddp"])
+def test_checkpoints_move_between_ddp_and_zero(ranks, scenario):
+    """Same format both ways: the run resumed under the other strategy ends where the uninterrupted one does."""
+    result = checks.outcome(ranks, scenario)
+    assert result["resumed"]["global_step"] == result["full"]["global_step"]
+    checks.assert_weights_close(result["resumed"]["weights"], result["full"]["weights"], atol=1e-6)
+    resumed, full = (checks.optimizer_state_by_name(result[run]["optimizer"]) for run in ("resumed", "full"))
+    assert sorted(resumed) == sorted(full)
+    for name, state in full.items():
+        for key, value in state.items():
+            torch.testing.assert_close(resumed[name][key], value, atol=1e-6, rtol=0)
 
 
 def test_config_carries_the_trainer_arguments():

@@ -200,7 +200,7 @@ def load_weights_into(
 
 def check_fits(module: torch.nn.Module, shapes: Mapping[str, torch.Size], path: str) -> None:
     """Raise a CheckpointError naming every missing, unexpected or misshapen tensor, instead of a partial load."""
-    expected = {name: t.shape for name, t in module.state_dict().items()}  # a DTensor's shape is global
+    expected = {name: _full_shape(t) for name, t in module.state_dict(keep_vars=True).items()}
     missing = sorted(set(expected) - set(shapes))
     unexpected = sorted(set(shapes) - set(expected))
     wrong_shape = [
@@ -213,6 +213,11 @@ def check_fits(module: torch.nn.Module, shapes: Mapping[str, torch.Size], path: 
             f"{path}: the weights do not fit {type(module).__name__} (a checkpoint of another model?): "
             f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}, shape mismatches {wrong_shape[:5]}"
         )
+
+
+def _full_shape(tensor: Tensor) -> torch.Size:
+    """A DTensor's ``shape`` is already global; a ZeRO-3 partitioned parameter keeps it in ``ds_shape``."""
+    return getattr(tensor, "ds_shape", tensor.shape)
 
 
 # -- weights ------------------------------------------------------------------------------------

@@ -112,8 +112,8 @@ def restore_trainer_checkpoint(trainer: Trainer, path: str) -> None:
     optimizer_state = read_optimizer_state(path)
     if not is_sharded(path) and "optimizer" not in optimizer_state:
         raise CheckpointError(
-            f"{path} holds no optimizer state (saved by strategy {state.get('strategy', {}).get('name')!r}, which "
-            "cannot save it yet), so training cannot resume from it; load its weights with "
+            f"{path} holds no optimizer state (saved by strategy {state.get('strategy', {}).get('name')!r} "
+            "without an optimizer), so training cannot resume from it; load its weights with "
             "TaskModule.load_from_checkpoint(path) or validate/test(ckpt_path=...)"
         )
     _restore_module(trainer, path, with_optimizer=True, optimizer_state=optimizer_state.get("optimizer"))

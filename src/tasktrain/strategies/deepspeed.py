@@ -57,6 +57,7 @@ class DeepSpeed(ParallelStrategy):
         self.gradient_clip_val: float | None = None
         self.engine: Any = None
         self.module: nn.Module | None = None
+        self._param_groups: list[list[int]] = []  # ids of the parameters of each optimizer group
 
     def configure(
         self, accumulate_grad_batches: int, gradient_clip_val: float | None, gradient_clip_algorithm: str
@@ -103,6 +104,7 @@ class DeepSpeed(ParallelStrategy):
         if self.module is None:
             raise RuntimeError("DeepSpeed.setup_optimizer() called before setup_module()")
         _skip_inference_comm_build()
+        self._param_groups = [[id(p) for p in group["params"]] for group in optimizer.param_groups]
         self.engine, ds_optimizer, _, _ = deepspeed.initialize(
             model=_StepRouter(self.module), optimizer=optimizer, config=self.config()
         )
@@ -137,11 +139,26 @@ class DeepSpeed(ParallelStrategy):
         self.engine.step()
         return bool(self.engine.was_step_applied())
 
+    # -- checkpoints: full tensors keyed by parameter name, as every other strategy saves them, so a
+    # DeepSpeed checkpoint resumes under DDP or FSDP and the other way round. The ZeRO partitions
+    # are assembled with DeepSpeed's safe_get_full_* helpers (all-reduces: every rank calls them).
     def module_state_dict(self, module: nn.Module) -> dict[str, Tensor]:
-        if self.stage == 3:  # parameters are partitioned: gather them (rank 0 gets the full dict)
-            gathered = self.engine._zero3_consolidated_16bit_state_dict() or {}
-            return {k.removeprefix("module."): v for k, v in gathered.items()}
-        return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+        """The full weights; trainable parameters as DeepSpeed's fp32 master copies (exact under bf16)."""
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        with self._gathered(module):
+            weights = {}
+            for name, tensor in module.state_dict(keep_vars=True).items():
+                master = safe_get_full_fp32_param(tensor) if _trainable(tensor) else None
+                weights[name] = (tensor if master is None else master).detach().cpu().clone()
+        return weights
+
+    def load_module_state_dict(self, module: nn.Module, weights: dict[str, Tensor]) -> None:
+        with self._gathered(module, modify=True):
+            module.load_state_dict(weights)
+        for name, param in module.named_parameters():
+            if param.requires_grad:
+                _set_full_hp(param, weights[name].to(self.root_device, torch.float32))
 
     def sharded_state_dict(
         self, module: nn.Module, optimizer: Optimizer | None = None
@@ -149,7 +166,145 @@ class DeepSpeed(ParallelStrategy):
         return None  # ZeRO partitions are not DTensors: a sharded checkpoint loads here as full weights
 
     def optimizer_state_dict(self, module: nn.Module, optimizer: Optimizer) -> dict[str, Any] | None:
-        return None  # partitioned ZeRO state is not saved yet: checkpoints hold weights, resume refuses
+        """The optimizer state in torch's full format: ``{"state": {name: {...}}, "param_groups": [...]}``."""
+        from deepspeed.utils import safe_get_full_optimizer_state
+
+        base = _base_optimizer(optimizer)
+        keys, step = _state_keys(base), _step(base)
+        state: dict[str, dict[str, Any]] = {}
+        for name, param in self._trainable_parameters(module):
+            entry: dict[str, Any] = {key: safe_get_full_optimizer_state(param, key).cpu() for key in keys}
+            if step is not None:
+                entry["step"] = step.detach().cpu().clone() if isinstance(step, Tensor) else step
+            if entry:
+                state[name] = entry
+        groups = [
+            {**{k: v for k, v in group.items() if k != "params"}, "params": names}
+            for group, names in zip(base.param_groups, self._group_names(module), strict=True)
+        ]
+        return {"state": state, "param_groups": groups}
+
+    def load_optimizer_state_dict(
+        self, module: nn.Module, optimizer: Optimizer, state: dict[str, Any]
+    ) -> None:
+        base = _base_optimizer(optimizer)
+        for group, saved in zip(base.param_groups, state["param_groups"], strict=True):
+            group.update({k: v for k, v in saved.items() if k != "params"})
+        saved_state: dict[str, dict[str, Any]] = state.get("state", {})
+        if not saved_state:
+            return  # saved before the first step: the optimizer has no state yet either
+        _create_state(optimizer, base)
+        for name, param in self._trainable_parameters(module):
+            for key, value in saved_state[name].items():
+                if key != "step":
+                    _set_full_hp(param, value.to(self.root_device), key)
+        steps = [entry["step"] for entry in saved_state.values() if "step" in entry]
+        if steps:
+            for flat_state in base.state.values():
+                flat_state["step"] = steps[0].clone() if isinstance(steps[0], Tensor) else steps[0]
+
+    def _trainable_parameters(self, module: nn.Module) -> list[tuple[str, nn.Parameter]]:
+        return [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+
+    def _group_names(self, module: nn.Module) -> list[list[str]]:
+        names = {id(p): name for name, p in module.named_parameters()}
+        return [[names[i] for i in group] for group in self._param_groups]
+
+    def _gathered(self, module: nn.Module, modify: bool = False) -> AbstractContextManager[Any]:
+        """Stage 3: the partitioned parameters whole for the block (changes on rank 0 are kept)."""
+        if self.stage != 3:
+            return nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(
+            list(module.parameters()), modifier_rank=0 if modify else None
+        )
+
+
+def _trainable(tensor: Tensor) -> bool:
+    return isinstance(tensor, nn.Parameter) and tensor.requires_grad
+
+
+def _set_full_hp(param: Tensor, value: Tensor, key: str | None = None) -> None:
+    """Set this rank's partition of a parameter's fp32 master copy (``key`` None) or optimizer state.
+
+    DeepSpeed's ``safe_set_full_*`` helpers, except for ZeRO-3 parameters: there (deepspeed 0.19)
+    they read past the end of the value on the last rank when the parameter's size is not a
+    multiple of the world size, so this rank's slice is copied here instead.
+    """
+    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+    if not hasattr(param, "ds_id"):
+        if key is None:
+            safe_set_full_fp32_param(param, value)
+        else:
+            safe_set_full_optimizer_state(param, value, key)
+        return
+    zero3 = param._z3_optimizer  # type: ignore[attr-defined]
+    partition, _ = zero3._get_fp32_opt_state_partition(param, release_swap_buffers=False, optim_state_key=key)
+    start = partition.numel() * zero3._get_param_partition_rank(param)
+    piece = value.flatten()[start : start + partition.numel()]
+    partition.data[: piece.numel()].copy_(piece)
+
+
+def _base_optimizer(optimizer: Optimizer) -> Optimizer:
+    """The torch optimizer that a ZeRO optimizer steps over its flat fp32 partitions."""
+    base: Optimizer = getattr(optimizer, "optimizer", optimizer)
+    return base
+
+
+def _state_keys(base: Optimizer) -> list[str]:
+    """The per-element state of the optimizer (e.g. ``exp_avg``), not scalars such as ``step``."""
+    return sorted(
+        {
+            key
+            for state in base.state.values()
+            for key, value in state.items()
+            if key != "step" and isinstance(value, Tensor) and value.dim() > 0
+        }
+    )
+
+
+def _step(base: Optimizer) -> Any:
+    """The optimizer's step count (all flat groups step together), or None before the first step."""
+    return next((state["step"] for state in base.state.values() if "step" in state), None)
+
+
+@torch.no_grad()
+def _create_state(optimizer: Optimizer, base: Optimizer) -> None:
+    """Make the torch optimizer create its state (zero gradients, learning rate 0), to be overwritten.
+
+    ZeRO creates it lazily at the first step, and DeepSpeed's state setters need it to exist.
+    ZeRO 1/2 keep their flat fp32 partitions in the optimizer's groups; ZeRO-3 puts each
+    sub-group's partition into its group only for the time of its step, as done here.
+    """
+    if any(base.state.values()):  # torch's state is a defaultdict: lookups leave empty entries
+        return
+    zero3_flats = getattr(optimizer, "fp32_partitioned_groups_flat", None)
+    if zero3_flats is None:
+        steps = [[(group, group["params"]) for group in base.param_groups]]
+    else:
+        to_group = optimizer.sub_group_to_group_id  # type: ignore[attr-defined]
+        steps = [[(base.param_groups[to_group[i]], [flat])] for i, flat in enumerate(zero3_flats)]
+    lrs = [group["lr"] for group in base.param_groups]
+    for group in base.param_groups:
+        group["lr"] = 0.0
+    for step in steps:
+        held = [(group, group["params"]) for group, _ in step]
+        for group, flats in step:
+            group["params"] = flats
+            for p in flats:
+                p.grad = torch.zeros_like(p)
+        base.step()
+        for group, params in held:
+            for p in group["params"]:
+                p.grad = None
+            group["params"] = params
+    for group, lr in zip(base.param_groups, lrs, strict=True):
+        group["lr"] = lr
+    link = getattr(optimizer, "_lazy_init_hp_params_optimizer_state", None)  # ZeRO 1/2: map it to params
+    if callable(link):
+        link()
 
 
 def _skip_inference_comm_build() -> None:
