@@ -202,3 +202,11 @@ def test_a_user_ddp_subclass_is_used_and_trains_like_ddp(ranks):
     assert counting["optimizer_steps"] == counting["global_step"] == plain["global_step"]
     checks.assert_weights_equal(counting["weights"], plain["weights"])
     assert counting["step_losses"] == plain["step_losses"]
+
+
+# -- 9. torch.compile under DDP ------------------------------------------------------------------------
+def test_compiled_ddp_runs_compiled_graphs_and_matches_single_process_training(ranks):
+    compiled = checks.outcome(ranks, "compiled")
+    assert compiled["graphs_captured"] > 0
+    assert checks.outcome(ranks, "conformance")["graphs_captured"] == 0
+    checks.check_conformance(compiled)

@@ -46,3 +46,11 @@ def test_one_process_resumes_an_fsdp_checkpoint_with_a_world_size_warning(ranks,
 
 def test_one_process_keeps_training_from_an_fsdp_checkpoint(ranks, tmp_path):
     checks.check_one_process_continues(checks.outcome(ranks, "resume"), tmp_path)
+
+
+# -- 9. torch.compile under FSDP2 ----------------------------------------------------------------------
+def test_compiled_fsdp_per_linear_runs_compiled_graphs_and_matches_single_process_training(ranks):
+    """The shards' all-gathers stay eager hooks around each compiled forward."""
+    compiled = checks.outcome(ranks, "compiled_nested")
+    assert compiled["graphs_captured"] > 0
+    checks.check_conformance(compiled)
