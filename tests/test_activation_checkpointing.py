@@ -78,6 +78,8 @@ def test_a_predicate_selects_layers_and_nested_matches_are_wrapped_once():
     module = Deep()
     names = apply_activation_checkpointing(module, lambda m: isinstance(m, (Block, nn.Linear)))
     assert names == ["blocks.0", "blocks.1", "blocks.2", "head"]
+    assert apply_activation_checkpointing(module, Block) == [], "a second call wraps nothing again"
+    assert type(module.blocks[0]._checkpoint_wrapped_module) is Block
 
 
 @pytest.mark.parametrize(

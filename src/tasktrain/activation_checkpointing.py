@@ -18,7 +18,8 @@ def apply_activation_checkpointing(module: nn.Module, layers: LayerSelector) -> 
     backward (torch's non-reentrant ``checkpoint_wrapper``): activation memory drops to about
     one layer's worth, at the cost of one extra forward per layer. Gradients are unchanged.
     Parameter names in ``state_dict`` stay the same, so checkpoints are interchangeable with
-    an unwrapped model's. Layers nested in a selected layer are not wrapped again.
+    an unwrapped model's. Layers nested in a selected layer, and layers already wrapped (a
+    second call, e.g. ``configure_model`` run by a second Trainer), are not wrapped again.
 
     Call it in ``TaskModule.configure_model``: the strategy wraps or shards the module after
     that hook, which is the order FSDP2 wants (checkpoint the blocks, then ``fully_shard`` them),
@@ -29,7 +30,7 @@ def apply_activation_checkpointing(module: nn.Module, layers: LayerSelector) -> 
         layers: a module class, a tuple of classes, or a predicate ``f(submodule) -> bool``.
 
     Returns:
-        The names of the wrapped submodules.
+        The names of the submodules wrapped by this call.
 
     Raises:
         ValueError: no submodule matched ``layers``.
@@ -39,16 +40,24 @@ def apply_activation_checkpointing(module: nn.Module, layers: LayerSelector) -> 
         ...     def configure_model(self):
         ...         apply_activation_checkpointing(self, layers=nn.TransformerEncoderLayer)
     """
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        _CHECKPOINT_WRAPPED_MODULE,
+        CheckpointWrapper,
+        checkpoint_wrapper,
+    )
 
     selected = _selector(layers)
     names: list[str] = []
+    already = False  # configure_model may run once per Trainer: wrapping again is a no-op
     for name, submodule in module.named_modules():
         if not name or any(name.startswith(f"{done}.") for done in names):
             continue
+        if isinstance(submodule, CheckpointWrapper) or _CHECKPOINT_WRAPPED_MODULE in name.split("."):
+            already = already or selected(submodule)
+            continue
         if selected(submodule):
             names.append(name)
-    if not names:
+    if not names and not already:
         kinds = sorted({type(m).__name__ for m in module.modules()})
         raise ValueError(
             f"apply_activation_checkpointing(layers={layers!r}): no submodule of {type(module).__name__} "
