@@ -39,7 +39,10 @@ BAD_ARGUMENTS: list[tuple[str, Any, list[str]]] = [
     ("enable_progress_bar", "yes", ["True or False"]),
     ("enable_checkpointing", 1, ["True or False"]),
     ("deterministic", None, ["True or False"]),
-    ("compile", "no", ["True or False"]),
+    ("compile", "no", ["False, True or a dict", "'backend'", "'mode'"]),
+    ("compile", {"backend": "no-such-backend"}, ["torch.compile rejected", "no-such-backend"]),
+    ("compile", {"mode": "fastest"}, ["torch.compile rejected", "reduce-overhead"]),
+    ("compile", {"model": None}, ["unknown keys ['model']", "'fullgraph'"]),
     ("gradient_clip_val", 0, ["> 0", "None"]),
     ("gradient_clip_val", -1.0, ["> 0", "None"]),
     ("gradient_clip_val", "1.0", ["> 0", "None"]),
@@ -85,7 +88,6 @@ def test_bad_argument_message(name: str, value: Any, accepted: list[str]):
     ("kwargs", "fragment"),
     [
         (dict(num_nodes=2), "num_nodes=2"),
-        (dict(compile=True), "compile=True"),
     ],
 )
 def test_planned_features_say_so(kwargs: dict[str, Any], fragment: str):

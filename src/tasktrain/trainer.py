@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,7 +95,7 @@ class Trainer:
         limit_val_batches: int | float | None = None,
         seed: int | None = None,
         deterministic: bool = False,
-        compile: bool = False,
+        compile: bool | Mapping[str, Any] = False,
         on_nonfinite_loss: str = "raise",
     ) -> None:
         args = TrainerArgs(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
@@ -322,6 +322,8 @@ class Trainer:
             with self.strategy.module_init_context():
                 module.configure_model()
             self.strategy.setup_module(module)
+            if self.args.compile_options is not None:  # after wrapping/sharding: see Strategy.compile_module
+                self.strategy.compile_module(module, self.args.compile_options)
             self._setup_done_for = module
 
     def _context(self, module: TaskModule[Any]) -> LoopContext:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from tasktrain.callbacks.base import Callback
+from tasktrain.compile import check_compile_options
 from tasktrain.loggers.base import Logger
 from tasktrain.loops.accumulation import NONFINITE_POLICIES
 from tasktrain.precision import PRECISIONS
@@ -49,8 +50,10 @@ class TrainerArgs:
     limit_val_batches: int | float | None
     seed: int | None
     deterministic: bool
-    compile: bool
+    compile: bool | Mapping[str, Any]
     on_nonfinite_loss: str
+    #: ``compile`` as torch.compile keyword arguments; None when not compiling.
+    compile_options: dict[str, Any] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         _count("max_epochs", self.max_epochs, minimum=0, optional=True)
@@ -67,7 +70,7 @@ class TrainerArgs:
         _choice("precision", self.precision, tuple(PRECISIONS))
         _choice("accelerator", self.accelerator, ACCELERATORS)
         _choice("on_nonfinite_loss", self.on_nonfinite_loss, NONFINITE_POLICIES)
-        for name in ("enable_progress_bar", "enable_checkpointing", "deterministic", "compile"):
+        for name in ("enable_progress_bar", "enable_checkpointing", "deterministic"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"Trainer({name}={getattr(self, name)!r}): must be True or False")
         clip = self.gradient_clip_val
@@ -86,8 +89,7 @@ class TrainerArgs:
         _interval("limit_val_batches", self.limit_val_batches, int_minimum=0)
         self._check_strategy()
         self._check_callbacks_and_loggers()
-        if self.compile:
-            raise NotImplementedError("Trainer(compile=True): torch.compile support is not implemented yet")
+        self.compile_options = check_compile_options(self.compile)
         if self.num_nodes != 1:
             raise NotImplementedError(
                 f"Trainer(num_nodes={self.num_nodes}): multi-node runs are launched by torchrun, not implemented yet"

@@ -300,9 +300,13 @@ def conformance(
     root: str,
     module_cls: type[ItemNet] = ItemNet,
     batch_size: int = PER_RANK_BATCH,
+    trainer_kwargs: dict[str, Any] | None = None,
     **strategy_kwargs: Any,
 ) -> dict[str, Any]:
     """Fit ItemNet on :func:`item_data` (count_items, accumulation 2, SGD) from the seed-0 weights."""
+    from torch._dynamo.utils import counters
+
+    counters.clear()
     torch.manual_seed(0)
     module = module_cls()
     strategy = _strategy(kind, **strategy_kwargs)
@@ -314,6 +318,7 @@ def conformance(
         log_every_n_steps=1,
         callbacks=[steps],
         **_quiet(root, enable_checkpointing=False),
+        **(trainer_kwargs or {}),
     )
     result = trainer.fit(module, DataLoader(item_data(), batch_size=batch_size))
     out: dict[str, Any] = {
@@ -322,6 +327,7 @@ def conformance(
         "global_step": result.global_step,
         "step_losses": steps.losses,
         "items_seen": _gather(trainer.items_seen),
+        "graphs_captured": counters["stats"]["calls_captured"],  # torch.compile at work (0 when off)
     }
     if isinstance(strategy, CountingDDP):
         out["backward_calls"] = strategy.backward_calls
@@ -474,6 +480,9 @@ SCENARIOS: dict[str, dict[str, Callable[[str, str], dict[str, Any]]]] = {
     "ddp": {
         "conformance": conformance,
         "counting_strategy": lambda kind, root: conformance("counting_ddp", root),
+        "compiled": lambda kind, root: conformance(
+            kind, root, trainer_kwargs={"compile": {"backend": "eager"}}
+        ),
         "no_sync": no_sync,
         "sampler": sampler,
         "logging": logging,
@@ -483,6 +492,9 @@ SCENARIOS: dict[str, dict[str, Callable[[str, str], dict[str, Any]]]] = {
     "fsdp": {
         "conformance": conformance,
         "conformance_nested": lambda kind, root: conformance(kind, root, shard_modules=(nn.Linear,)),
+        "compiled_nested": lambda kind, root: conformance(
+            kind, root, trainer_kwargs={"compile": {"backend": "eager"}}, shard_modules=(nn.Linear,)
+        ),
         "resume": resume,
         "resume_full": lambda kind, root: resume(kind, root, checkpoint="full"),
         "predict": predict,

@@ -206,3 +206,11 @@ def test_a_user_ddp_subclass_is_used_and_trains_like_ddp(ranks):
 
 def test_predict_returns_every_sample_once_in_dataset_order(ranks):
     checks.check_predictions(checks.outcome(ranks, "predict"))
+
+
+# -- 9. torch.compile under DDP ------------------------------------------------------------------------
+def test_compiled_ddp_runs_compiled_graphs_and_matches_single_process_training(ranks):
+    compiled = checks.outcome(ranks, "compiled")
+    assert compiled["graphs_captured"] > 0
+    assert checks.outcome(ranks, "conformance")["graphs_captured"] == 0
+    checks.check_conformance(compiled)

@@ -93,3 +93,11 @@ def test_an_unknown_checkpoint_layout_is_named_with_the_choices():
 
 def test_predict_returns_every_sample_once_in_dataset_order(ranks):
     checks.check_predictions(checks.outcome(ranks, "predict"))
+
+
+# -- 9. torch.compile under FSDP2 ----------------------------------------------------------------------
+def test_compiled_fsdp_per_linear_runs_compiled_graphs_and_matches_single_process_training(ranks):
+    """The shards' all-gathers stay eager hooks around each compiled forward."""
+    compiled = checks.outcome(ranks, "compiled_nested")
+    assert compiled["graphs_captured"] > 0
+    checks.check_conformance(compiled)

@@ -5,6 +5,7 @@ from tasktrain.callbacks.checkpoint import ModelCheckpoint
 from tasktrain.callbacks.early_stopping import EarlyStopping
 from tasktrain.callbacks.lr_monitor import LearningRateMonitor
 from tasktrain.callbacks.preemption import EXIT_PREEMPTED, Preemption
+from tasktrain.callbacks.profiler import Profiler
 from tasktrain.callbacks.progress import ProgressBar
 from tasktrain.callbacks.throughput import Throughput
 
@@ -15,6 +16,7 @@ __all__ = [
     "LearningRateMonitor",
     "ModelCheckpoint",
     "Preemption",
+    "Profiler",
     "ProgressBar",
     "Throughput",
 ]

@@ -109,6 +109,17 @@ class Strategy:
         """
         return self.precision.convert_module(module).to(self.root_device)
 
+    def compile_module(self, module: nn.Module, options: dict[str, Any]) -> None:
+        """Compile the module's computation with torch.compile ``options``; called after :meth:`setup_module`.
+
+        The default compiles the module's submodules in place
+        (:func:`~tasktrain.compile.apply_compile`), inside whatever wrapper this strategy built, so
+        the wrapper's hooks (DDP's gradient sync, FSDP's all-gathers) stay outside the graphs.
+        """
+        from tasktrain.compile import apply_compile
+
+        apply_compile(module, options)
+
     def setup_optimizer(self, optimizer: Optimizer) -> Optimizer:
         return optimizer
 
