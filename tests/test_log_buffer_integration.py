@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import tasktrain as tt
 from tasktrain.callbacks import Callback
-from tasktrain.loggers import CSVLogger
+from tasktrain.loggers import CSVLogger, JSONLLogger, TensorBoardLogger
 
 SRC = str(Path(tt.__file__).resolve().parent)
 _READS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.equal.default}
@@ -135,7 +135,8 @@ def test_logging_reads_values_back_only_on_the_steps_it_writes(tmp_path):
         accumulate_grad_batches=accumulate,
         log_every_n_steps=every,
         callbacks=[per_step],
-        logger=[CSVLogger(str(tmp_path))],
+        # Every logger writes at once (flush_every=1): they get floats and never read tensors.
+        logger=[cls(str(tmp_path), flush_every=1) for cls in (CSVLogger, JSONLLogger, TensorBoardLogger)],
         default_root_dir=tmp_path,
         enable_checkpointing=False,
         accelerator="cpu",
@@ -143,6 +144,7 @@ def test_logging_reads_values_back_only_on_the_steps_it_writes(tmp_path):
     with reads:
         trainer.fit(LoggingTask(), _loader())
     assert len(per_step.steps) == 8
+    assert (tmp_path / "tensorboard" / "version_0").is_dir()  # the loggers did write
     # The non-finite loss check reads each micro-batch's loss (on_nonfinite_loss): not logging.
     nonfinite_check = Counter({"loops/accumulation.py:run": accumulate})
     # A writing step: the mean training loss of the interval, then every logged value in one read.
