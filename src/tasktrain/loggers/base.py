@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import fsspec
@@ -42,7 +43,8 @@ class FileLogger(Logger):
     ``n`` is the next free version unless given; it is chosen when the logger is built (in the
     launching process, before ranks are spawned), so all ranks and later runs of the same logger
     agree on it. Rows are buffered and handed to :meth:`write_rows` every ``flush_every`` rows
-    and at :meth:`finalize`. Subclasses implement ``write_rows`` and ``log_hyperparams``.
+    and at :meth:`finalize`. Subclasses implement ``write_rows``, and may override
+    ``write_hyperparams`` (default: ``hparams.json``); both run on rank 0 only.
 
     Example:
         >>> class LinesLogger(FileLogger):
@@ -71,6 +73,10 @@ class FileLogger(Logger):
         return f"{self.root_dir}/{self.name}/version_{self._version}"
 
     @rank_zero_only
+    def log_hyperparams(self, params: dict[str, Any]) -> None:
+        self.write_hyperparams(params)
+
+    @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self._pending.append((step, dict(metrics)))
         if len(self._pending) >= self.flush_every:
@@ -83,6 +89,10 @@ class FileLogger(Logger):
     def write_rows(self, rows: list[tuple[int, dict[str, float]]]) -> None:
         """Write ``(step, metrics)`` rows, oldest first."""
         raise NotImplementedError
+
+    def write_hyperparams(self, params: dict[str, Any]) -> None:
+        """Write the hyperparameters; by default as ``hparams.json`` (``repr`` for non-JSON values)."""
+        self.write("hparams.json", json.dumps(params, indent=2, default=repr))
 
     def append(self, filename: str, data: str | bytes) -> None:
         """Append ``data`` to ``filename`` in the run's directory, creating both when missing."""

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from typing import Any
-
-from lightning_utilities.core.rank_zero import rank_zero_only
 
 from tasktrain.loggers.base import FileLogger
 
@@ -29,10 +26,6 @@ class CSVLogger(FileLogger):
         super().__init__(root_dir, name, version, flush_every)
         self._columns: list[str] = []
         self._rows: list[dict[str, Any]] = []
-
-    @rank_zero_only
-    def log_hyperparams(self, params: dict[str, Any]) -> None:
-        self.write("hparams.json", json.dumps(params, indent=2, default=repr))
 
     def write_rows(self, rows: list[tuple[int, dict[str, float]]]) -> None:
         new = [{"step": step, **metrics} for step, metrics in rows]

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
-
-from lightning_utilities.core.rank_zero import rank_zero_only
 
 from tasktrain.loggers.base import FileLogger
 
@@ -28,10 +25,6 @@ class JSONLLogger(FileLogger):
         self, root_dir: str = "runs", name: str = "jsonl", version: int | None = None, flush_every: int = 100
     ) -> None:
         super().__init__(root_dir, name, version, flush_every)
-
-    @rank_zero_only
-    def log_hyperparams(self, params: dict[str, Any]) -> None:
-        self.write("hparams.json", json.dumps(params, indent=2, default=repr))
 
     def write_rows(self, rows: list[tuple[int, dict[str, float]]]) -> None:
         lines = (

@@ -9,7 +9,6 @@ import time
 from typing import Any
 
 from lightning_utilities.core.imports import RequirementCache
-from lightning_utilities.core.rank_zero import rank_zero_only
 
 from tasktrain.loggers.base import FileLogger
 
@@ -46,8 +45,7 @@ class TensorBoardLogger(FileLogger):
         super().__init__(root_dir, name, version, flush_every)
         self._filename: str | None = None  # chosen at the first write, by the process that writes
 
-    @rank_zero_only
-    def log_hyperparams(self, params: dict[str, Any]) -> None:
+    def write_hyperparams(self, params: dict[str, Any]) -> None:
         if not params:
             return
         from tensorboard.plugins.hparams.summary_v2 import hparams_pb
