@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
@@ -61,12 +62,17 @@ def test_memory_url_writes_the_same_event_file(tmp_path):
     assert hparams(events)["optimizer"] == "sgd"
 
 
-def test_rows_are_buffered_until_flush_every(tmp_path):
+def test_rows_are_buffered_until_flush_every_and_keep_the_time_they_were_logged(tmp_path):
     logger = TensorBoardLogger(str(tmp_path), flush_every=2)
+    before = time.time()
     logger.log_metrics({"a": 1.0}, step=1)
     assert not Path(logger.log_dir).exists()
+    time.sleep(0.05)
+    middle = time.time()
     logger.log_metrics({"a": 2.0}, step=2)
-    assert scalars(read_events(logger.log_dir), "a") == [(1, 1.0), (2, 2.0)]
+    events = read_events(logger.log_dir).Scalars("a")
+    assert [(e.step, e.value) for e in events] == [(1, 1.0), (2, 2.0)]
+    assert before <= events[0].wall_time < middle <= events[1].wall_time
 
 
 def test_only_rank_zero_writes(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from lightning_utilities.core.imports import RequirementCache
+from lightning_utilities.core.rank_zero import rank_zero_only
 
 from tasktrain.loggers.base import FileLogger
 
@@ -28,7 +29,6 @@ class TensorBoardLogger(FileLogger):
     Example:
         >>> logger = TensorBoardLogger("memory://runs")
         >>> logger.log_metrics({"train/loss": 0.5}, step=10); logger.finalize()
-        >>> # then: tensorboard --logdir runs/tensorboard
     """
 
     def __init__(
@@ -44,6 +44,12 @@ class TensorBoardLogger(FileLogger):
             )
         super().__init__(root_dir, name, version, flush_every)
         self._filename: str | None = None  # chosen at the first write, by the process that writes
+        self._wall_times: list[float] = []  # of the rows not yet written
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._wall_times.append(time.time())  # when the values were logged, not when they are written
+        super().log_metrics(metrics, step)
 
     def write_hyperparams(self, params: dict[str, Any]) -> None:
         if not params:
@@ -56,13 +62,15 @@ class TensorBoardLogger(FileLogger):
     def write_rows(self, rows: list[tuple[int, dict[str, float]]]) -> None:
         from tensorboard.compat.proto.summary_pb2 import Summary
 
+        times, self._wall_times = self._wall_times[: len(rows)], self._wall_times[len(rows) :]
         self._append_events(
             [
                 _event(
+                    wall_time=wall_time,
                     step=step,
                     summary=Summary(value=[Summary.Value(tag=k, simple_value=v) for k, v in metrics.items()]),
                 )
-                for step, metrics in rows
+                for (step, metrics), wall_time in zip(rows, times, strict=True)
             ]
         )
 
@@ -82,7 +90,7 @@ class TensorBoardLogger(FileLogger):
 def _event(**fields: Any) -> Any:
     from tensorboard.compat.proto.event_pb2 import Event
 
-    return Event(wall_time=time.time(), **fields)
+    return Event(**{"wall_time": time.time(), **fields})
 
 
 def _hparam_value(value: Any) -> bool | int | float | str:
