@@ -11,9 +11,12 @@ or through the command line, with the data from ``DigitsData`` (the only data cl
     tasktrain fit --task examples/digits.py --data examples/digits.py --trainer.max_epochs 2
     tasktrain fit --config examples/digits.yaml                  # the same settings as `make demo`
 
-What it shows: a ``TaskModule`` with ``compute_loss``, a ``validation_step`` that logs a
-torchmetrics ``Metric``, ``configure_optimizers`` with a per-step LR schedule sized from
-``trainer.estimated_stepping_batches``, and ``Trainer.fit`` / ``Trainer.validate``.
+What it shows: a ``TaskModule`` with ``compute_loss``, a ``validation_step`` that logs
+torchmetrics ``Metric`` objects (accuracy, and class-balanced accuracy) and fills a confusion
+matrix, ``configure_optimizers`` with a per-step LR schedule sized from
+``trainer.estimated_stepping_batches``, and ``Trainer.fit`` / ``Trainer.validate``. The confusion
+matrix of the final validation is printed, and saved as ``confusion_matrix.png`` next to the
+logs when matplotlib is installed.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset, random_split
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 import tasktrain as tt
 
@@ -46,8 +49,13 @@ class DigitsClassifier(tt.TaskModule[Batch]):
             nn.ReLU(),
             nn.Linear(hidden, 10),
         )
-        # A Metric is a submodule: it moves with the model and is computed and reset once per epoch.
-        self.val_acc = MulticlassAccuracy(num_classes=10)
+        # A Metric is a submodule: it moves with the model and is computed and reset once per epoch
+        # (over all ranks' data under DDP).
+        self.val_acc = MulticlassAccuracy(num_classes=10, average="micro")  # the fraction right
+        self.val_acc_macro = MulticlassAccuracy(num_classes=10, average="macro")  # mean per-class recall
+        # A matrix is not a scalar to log: it is computed and kept at the end of each validation.
+        self.val_confusion = MulticlassConfusionMatrix(num_classes=10)
+        self.confusion: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -60,10 +68,16 @@ class DigitsClassifier(tt.TaskModule[Batch]):
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
-        self.val_acc.update(logits, y)
+        for metric in (self.val_acc, self.val_acc_macro, self.val_confusion):
+            metric.update(logits, y)
         self.log("val/loss", loss, prog_bar=True)  # batch-size-weighted mean over the epoch
         self.log("val/acc", self.val_acc, prog_bar=True)  # Metric: compute() at epoch end, then reset()
+        self.log("val/acc_macro", self.val_acc_macro)
         return loss
+
+    def on_validation_epoch_end(self) -> None:
+        self.confusion = self.val_confusion.compute().cpu()  # rows: true class, columns: predicted
+        self.val_confusion.reset()
 
     def configure_optimizers(self) -> dict[str, object]:
         optimizer = torch.optim.AdamW(
@@ -121,6 +135,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def format_confusion(matrix: Tensor) -> str:
+    """The matrix as text: one row per true digit, one column per predicted digit."""
+    rows = [
+        f"confusion matrix ({int(matrix.sum())} validation images; rows: true digit, columns: predicted):"
+    ]
+    rows.append("     " + "".join(f"{c:>5}" for c in range(matrix.shape[1])))
+    rows += [f"{r:>5}" + "".join(f"{int(n):>5}" for n in row) for r, row in enumerate(matrix)]
+    return "\n".join(rows)
+
+
+def save_confusion_png(metric: MulticlassConfusionMatrix, matrix: Tensor, directory: str) -> None:
+    """Plot ``matrix`` into ``directory/confusion_matrix.png`` when matplotlib is installed."""
+    from lightning_utilities.core.imports import RequirementCache
+
+    if not RequirementCache("matplotlib"):
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no window
+    fig, _ = metric.plot(val=matrix)
+    path = f"{directory}/confusion_matrix.png"
+    fig.savefig(path, dpi=100)
+    print(f"confusion matrix plot: {path}")
+
+
 def main(argv: list[str] | None = None) -> float:
     args = parse_args(argv)
     start = time.perf_counter()
@@ -147,6 +186,10 @@ def main(argv: list[str] | None = None) -> float:
     accuracy = metrics["val/acc"]
     print(f"final val/loss: {metrics['val/loss']:.4f}")
     print(f"final val/acc: {accuracy:.4f}")
+    print(f"final val/acc_macro: {metrics['val/acc_macro']:.4f}")
+    if model.confusion is not None:
+        print(format_confusion(model.confusion))
+        save_confusion_png(model.val_confusion, model.confusion, trainer.loggers[0].log_dir or args.root_dir)
     print(f"total time: {time.perf_counter() - start:.1f}s (logs and checkpoints in {args.root_dir})")
     return accuracy
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchmetrics import MeanMetric
 
-from tasktrain.log_buffer import LogBuffer, batch_size_of, is_metric, to_float
+from tasktrain.log_buffer import LogBuffer, batch_size_of, is_metric
 from tasktrain.loggers import Logger
 
 
@@ -136,6 +136,43 @@ def test_sync_dist_reduces_sum_and_weight():
     assert calls == ["sum"]  # only the sync_dist value is reduced
 
 
+def test_sync_dist_step_values_are_reduced_once_per_flush_not_per_log():
+    calls = []
+
+    def reduce(tensor, op):
+        calls.append((op, tuple(tensor.shape)))
+        return tensor + 1  # stands in for the collective, so the written values show it ran
+
+    buf = LogBuffer(loggers=[], reduce=reduce)
+    buf.begin("train")
+    for step in range(3):  # three steps in one logging interval: the latest value is written
+        buf.log("a", torch.tensor(float(step)), sync_dist=True)
+        buf.log("b", 10.0 * step, sync_dist=True)
+        buf.log("local", torch.tensor(5.0))
+    assert calls == []  # logging alone never reduces
+    assert buf.flush_step(3) == {"a": 3.0, "b": 21.0, "local": 5.0}
+    assert calls == [("mean", (2,))]  # one collective for both synced values
+    buf.log("local", 1.0)
+    buf.flush_step(4)
+    assert len(calls) == 1  # nothing synced in this interval: no collective
+
+
+def test_sync_dist_epoch_values_are_reduced_in_one_collective():
+    calls = []
+
+    def reduce(tensor, op):
+        calls.append((op, tuple(tensor.shape)))
+        return tensor * 2
+
+    buf = LogBuffer(loggers=[], reduce=reduce)
+    buf.begin("validate")
+    for _ in range(4):
+        buf.log("x", 1.0, batch_size=2, sync_dist=True)
+        buf.log("y", torch.tensor(3.0), batch_size=1, sync_dist=True)
+    assert buf.flush_epoch(0) == {"x": 1.0, "y": 3.0}
+    assert calls == [("sum", (2, 2))]  # [weighted sum, weight] of both names, one all_reduce
+
+
 def test_zero_weight_gives_nan():
     buf = LogBuffer(loggers=[])
     buf.begin("validate")
@@ -143,11 +180,33 @@ def test_zero_weight_gives_nan():
     assert math.isnan(buf.flush_epoch(0)["v"])
 
 
-def test_to_float_and_batch_size_of():
-    assert to_float(torch.tensor([2.5])) == 2.5
-    assert to_float(3) == 3.0
-    with pytest.raises(ValueError, match=r"one element.*\(2,\)"):
-        to_float(torch.tensor([1.0, 2.0]))
+def test_values_of_any_number_type_are_read_as_floats():
+    buf = LogBuffer(loggers=[])
+    buf.begin("train")
+    buf.log("one_element", torch.tensor([2.5]))
+    buf.log("int", 3)
+    buf.log("bf16", torch.tensor(0.5, dtype=torch.bfloat16))
+    buf.log("long", torch.tensor(7))
+    assert buf.flush_step(1) == {"one_element": 2.5, "int": 3.0, "bf16": 0.5, "long": 7.0}
+
+
+def test_a_non_scalar_value_or_metric_is_refused_by_name():
+    from torchmetrics.classification import MulticlassConfusionMatrix
+
+    buf = LogBuffer(loggers=[])
+    buf.begin("train")
+    buf.log("vector", torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"log\('vector'\).*one-element tensor, got shape \(2,\)"):
+        buf.flush_step(1)
+    matrix = MulticlassConfusionMatrix(num_classes=3)
+    matrix.update(torch.tensor([0, 1]), torch.tensor([0, 2]))
+    buf.begin("validate")
+    buf.log("val/confusion", matrix)
+    with pytest.raises(ValueError, match=r"log\('val/confusion'\).*got shape \(3, 3\).*confusion matrix"):
+        buf.flush_epoch(1)
+
+
+def test_batch_size_of():
     assert batch_size_of(torch.zeros(5, 3)) == 5
     assert batch_size_of((torch.zeros(7), torch.zeros(7, 2))) == 7
     assert batch_size_of({"input_ids": torch.zeros(3, 9)}) == 3

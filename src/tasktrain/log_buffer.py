@@ -1,13 +1,13 @@
 """``LogBuffer``: holds what ``TaskModule.log`` receives until the loops say it is time to write.
 
 Values stay tensors (no device sync) until a flush: once per logging interval for step values,
-once per epoch for epoch values. torchmetrics ``Metric`` objects are recognised by duck typing,
-so torchmetrics is never imported here.
+once per epoch for epoch values. A flush reduces all its ``sync_dist`` values in one collective
+and reads every value back in one transfer. torchmetrics ``Metric`` objects are recognised by
+duck typing, so torchmetrics is never imported here; their ``compute()`` syncs them across ranks.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,15 +23,6 @@ Reduce = Callable[[Tensor, str], Tensor]
 def is_metric(value: Any) -> bool:
     """Whether ``value`` behaves like a torchmetrics ``Metric`` (``update``/``compute``/``reset``)."""
     return all(callable(getattr(value, name, None)) for name in ("update", "compute", "reset"))
-
-
-def to_float(value: Any) -> float:
-    """A logged value as a float (one device sync for a tensor)."""
-    if isinstance(value, Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"logged tensors must hold one element, got shape {tuple(value.shape)}")
-        return float(value.item())
-    return float(value)
 
 
 def batch_size_of(batch: Any) -> int:
@@ -74,6 +65,7 @@ class LogBuffer:
         self.progress_bar_metrics: dict[str, float] = {}
         self._prog_bar: set[str] = set()
         self._step_values: dict[str, Any] = {}
+        self._step_sync: set[str] = set()
         # Epoch values per stage, so a validation run inside a training epoch keeps both apart.
         self._epoch_values: dict[str, dict[str, _EpochEntry]] = {"train": {}}
         self._epoch_metrics: dict[str, dict[str, Any]] = {"train": {}}
@@ -122,6 +114,8 @@ class LogBuffer:
             value = value.detach()
         if on_step:
             self._step_values[name] = value
+            if sync_dist:
+                self._step_sync.add(name)
         if on_epoch:
             values = self._epoch_values[self.stage]
             entry = values.get(name)
@@ -134,40 +128,44 @@ class LogBuffer:
         return name in self._step_values
 
     def flush_step(self, step: int, extra: dict[str, float] | None = None) -> dict[str, float]:
-        """Write the step values logged since the last flush (plus ``extra``) at ``step``."""
-        metrics = dict(extra or {})
-        for name, value in self._step_values.items():
-            metrics[name] = to_float(value)
+        """Write the step values logged since the last flush (plus ``extra``) at ``step``.
+
+        A step value is the latest one of the interval (with ``sync_dist``: its mean over ranks).
+        A metric logged ``on_step`` is computed over what it saw since its last reset: this
+        interval for a step-only metric (reset here), the epoch so far for an epoch metric.
+        """
+        values: dict[str, Any] = dict(self._step_values)
+        synced = {name: values[name] for name in self._step_sync}
+        values.update(self._reduce(_scalars(synced), "mean"))
         epoch_metrics = self._epoch_metrics.get(self.stage, {})
-        for name, metric in self._step_metrics.items():
-            metrics[name] = to_float(metric.compute())
-            if name not in epoch_metrics:  # a step-only metric covers one logging interval
-                metric.reset()
+        values.update(_compute(self._step_metrics, reset=lambda name: name not in epoch_metrics))
+        metrics = {**(extra or {}), **_read(values)}
         self._step_values.clear()
+        self._step_sync.clear()
         self._step_metrics.clear()
         self._publish(metrics, step)
         return metrics
 
     def flush_epoch(self, step: int) -> dict[str, float]:
         """Reduce this stage's epoch values (weighted mean; metrics computed and reset) and write them."""
-        metrics: dict[str, float] = {}
-        for name, entry in self._epoch_values[self.stage].items():
-            metrics[name] = self._epoch_mean(entry)
-        for name, metric in self._epoch_metrics[self.stage].items():
-            metrics[name] = to_float(metric.compute())
-            metric.reset()
+        entries = self._epoch_values[self.stage]
+        device = _device_of([v for entry in entries.values() for v in entry.values])
+        totals = {name: _weighted_total(name, entry, device) for name, entry in entries.items()}
+        totals.update(self._reduce({n: t for n, t in totals.items() if entries[n].sync_dist}, "sum"))
+        values: dict[str, Any] = {name: total[0] / total[1] for name, total in totals.items()}  # 0/0: NaN
+        values.update(_compute(self._epoch_metrics[self.stage], reset=lambda name: True))
+        metrics = _read(values)
         self._epoch_values[self.stage] = {}
         self._epoch_metrics[self.stage] = {}
         self._publish(metrics, step)
         return metrics
 
-    def _epoch_mean(self, entry: _EpochEntry) -> float:
-        values = torch.stack([torch.as_tensor(v, dtype=torch.float64).cpu() for v in entry.values])
-        weights = torch.tensor(entry.weights, dtype=torch.float64)
-        total = torch.stack([(values * weights).sum(), weights.sum()])
-        if entry.sync_dist and self.reduce is not None:
-            total = self.reduce(total, "sum")
-        return float(total[0] / total[1]) if float(total[1]) else math.nan
+    def _reduce(self, rows: dict[str, Tensor], op: str) -> dict[str, Tensor]:
+        """Tensors of one shape, on one device, reduced over ranks in a single collective."""
+        if not rows or self.reduce is None:
+            return rows
+        reduced = self.reduce(torch.stack(list(rows.values())), op)
+        return dict(zip(rows, reduced.unbind(), strict=True))
 
     def _publish(self, metrics: dict[str, float], step: int) -> None:
         if not metrics:
@@ -176,3 +174,49 @@ class LogBuffer:
         self.progress_bar_metrics.update({k: v for k, v in metrics.items() if k in self._prog_bar})
         for logger in self.loggers:
             logger.log_metrics(metrics, step)
+
+
+def _device_of(values: Sequence[Any]) -> torch.device:
+    """The device of the first tensor in ``values`` (CPU when they are all plain numbers)."""
+    return next((v.device for v in values if isinstance(v, Tensor)), torch.device("cpu"))
+
+
+def _scalar(name: str, value: Any, device: torch.device) -> Tensor:
+    """A logged value as a 0-dim float tensor on ``device`` (a copy at most, never a host sync)."""
+    dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    tensor = torch.as_tensor(value, dtype=dtype, device=device)
+    if tensor.numel() != 1:
+        raise ValueError(
+            f"log({name!r}): a logged value must be a number or a one-element tensor, got shape "
+            f"{tuple(tensor.shape)}; a non-scalar result (e.g. a confusion matrix) is yours to save"
+        )
+    return tensor.reshape(())
+
+
+def _scalars(values: dict[str, Any]) -> dict[str, Tensor]:
+    device = _device_of(list(values.values()))
+    return {name: _scalar(name, value, device) for name, value in values.items()}
+
+
+def _weighted_total(name: str, entry: _EpochEntry, device: torch.device) -> Tensor:
+    """``[sum(value * weight), sum(weight)]`` over an epoch entry's values."""
+    values = torch.stack([_scalar(name, value, device) for value in entry.values])
+    weights = torch.tensor(entry.weights, dtype=values.dtype, device=device)
+    return torch.stack([(values * weights).sum(), weights.sum()])
+
+
+def _compute(metrics: dict[str, Any], reset: Callable[[str], bool]) -> dict[str, Any]:
+    """``compute()`` every metric (each a collective under DDP), then reset those ``reset`` names."""
+    values = {name: metric.compute() for name, metric in metrics.items()}
+    for name, metric in metrics.items():
+        if reset(name):
+            metric.reset()
+    return values
+
+
+def _read(values: dict[str, Any]) -> dict[str, float]:
+    """Every value as a float, read back in one transfer: the flush's one host sync."""
+    if not values:
+        return {}
+    floats = torch.stack(list(_scalars(values).values())).tolist()
+    return dict(zip(values, floats, strict=True))

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
@@ -31,9 +33,27 @@ def number_after(label: str, text: str) -> float:
     return float(match.group(1))
 
 
+def confusion_matrix(text: str) -> list[list[int]]:
+    """The matrix digits.py prints: a title, a header of predicted digits, one row per true digit."""
+    lines = text.split("confusion matrix (", 1)[1].splitlines()[2:12]
+    rows = [[int(n) for n in line.split()] for line in lines]
+    assert [row[0] for row in rows] == list(range(10)), text  # each row starts with its true digit
+    return [row[1:] for row in rows]
+
+
 def test_digits_learns(tmp_path: Path) -> None:
     out = run_example("digits.py", "--max-epochs", "3", tmp_path=tmp_path)
-    assert number_after("final val/acc:", out) > 0.85
+    accuracy = number_after("final val/acc:", out)
+    assert accuracy > 0.85
+    matrix = confusion_matrix(out)
+    total = sum(map(sum, matrix))
+    assert total == 359  # int(1797 * 0.2) validation images
+    assert sum(matrix[i][i] for i in range(10)) / total == pytest.approx(
+        accuracy, abs=5e-5
+    )  # printed to 4 places
+    recalls = [matrix[i][i] / sum(matrix[i]) for i in range(10)]
+    assert sum(recalls) / 10 == pytest.approx(number_after("final val/acc_macro:", out), abs=5e-5)
+    assert (tmp_path / "runs" / "csv" / "version_0" / "confusion_matrix.png").stat().st_size > 0
     assert number_after("final val/loss:", out) < 1.0
     assert re.search(r"^trained 69 steps", out, flags=re.MULTILINE), out  # 3 epochs x 23 batches of 64
     checkpoints = list((tmp_path / "runs" / "checkpoints").iterdir())

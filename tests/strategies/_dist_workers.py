@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 import tasktrain as tt
 from tasktrain.callbacks import Callback
 from tasktrain.checkpoint import find_last
+from tasktrain.loggers import Logger
 from tasktrain.strategies import DDP, FSDP, SingleDevice, Strategy
 
 WORLD_SIZE = 2
@@ -171,13 +172,61 @@ class LogNet(tt.TaskModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
+#: TrainMetricNet's run: 16 samples, 2 per rank and step, so 4 steps per epoch; logs every 2 steps.
+METRIC_EPOCHS = 2
+METRIC_LOG_EVERY = 2
+
+
+class TrainMetricNet(tt.TaskModule):
+    """Logs torchmetrics metrics and ``sync_dist`` step values from ``training_step``."""
+
+    def __init__(self) -> None:
+        from torchmetrics.classification import MulticlassAccuracy
+
+        super().__init__()
+        self.net = nn.Linear(4, 1)
+        self.acc = MulticlassAccuracy(num_classes=3, average="micro")  # on_step and on_epoch
+        self.interval_acc = MulticlassAccuracy(num_classes=3, average="micro")  # on_step only
+
+    def training_step(self, batch, batch_idx):
+        _, x, weight, label = batch
+        preds = x[:, :3].argmax(1)
+        self.acc.update(preds, label)
+        self.interval_acc.update(preds, label)
+        self.log("train/acc", self.acc, on_step=True, on_epoch=True)
+        self.log("train/interval_acc", self.interval_acc, on_step=True, on_epoch=False)
+        value = weighted_value(x, weight)
+        self.log("train/synced", value, sync_dist=True)
+        self.log("train/synced_twice", 2 * value, sync_dist=True)
+        self.log("train/local", value)
+        return self.net(x).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class RecordingLogger(Logger):
+    """Keeps every ``(step, metrics)`` it receives (loggers are called on every rank)."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, dict[str, float]]] = []
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.rows.append((step, dict(metrics)))
+
+
 class CountingDDP(DDP):
-    """A user's strategy: DDP that counts its backward passes and optimizer steps."""
+    """A user's strategy: DDP that counts its backward passes, optimizer steps and reductions."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.backward_calls = 0
         self.optimizer_steps = 0
+        self.reduce_calls = 0
+
+    def reduce(self, tensor: Tensor, op: str = "mean") -> Tensor:
+        self.reduce_calls += 1
+        return super().reduce(tensor, op)
 
     def backward(self, loss: Tensor) -> None:
         self.backward_calls += 1
@@ -253,6 +302,18 @@ class StepLosses(Callback):
 
     def on_train_step_end(self, trainer, module):
         self.losses.append(trainer.callback_metrics["train/loss"])
+
+
+class ReducesPerStep(Callback):
+    """How many ``strategy.reduce`` calls each optimizer step made (its log flush included)."""
+
+    def __init__(self) -> None:
+        self.counts: list[int] = []
+        self._seen = 0
+
+    def on_train_step_end(self, trainer, module):
+        self.counts.append(trainer.strategy.reduce_calls - self._seen)
+        self._seen = trainer.strategy.reduce_calls
 
 
 class GradSyncProbe(Callback):
@@ -411,6 +472,21 @@ def logging(kind: str, root: str) -> dict[str, Any]:
     }
 
 
+def train_metrics(kind: str, root: str) -> dict[str, Any]:
+    """Metrics and sync_dist values logged in training_step: what each rank's logger receives."""
+    torch.manual_seed(0)
+    recorder, reduces = RecordingLogger(), ReducesPerStep()
+    trainer = tt.Trainer(
+        strategy=_strategy("counting_ddp"),
+        max_epochs=METRIC_EPOCHS,
+        log_every_n_steps=METRIC_LOG_EVERY,
+        callbacks=[reduces],
+        **_quiet(root, enable_checkpointing=False, logger=[recorder]),
+    )
+    trainer.fit(TrainMetricNet(), DataLoader(log_data(), batch_size=PER_RANK_BATCH))
+    return {"rows": _gather(recorder.rows), "reduces_per_step": reduces.counts}
+
+
 def resume(
     kind: str,
     root: str,
@@ -486,6 +562,7 @@ SCENARIOS: dict[str, dict[str, Callable[[str, str], dict[str, Any]]]] = {
         "no_sync": no_sync,
         "sampler": sampler,
         "logging": logging,
+        "train_metrics": train_metrics,
         "resume": resume,
         "predict": predict,
     },

@@ -175,6 +175,72 @@ def test_validate_gives_each_rank_a_disjoint_shard(ranks):
     assert result["validate"]["val/local"] == pytest.approx(_expected_logs()["rank0"], abs=1e-5)
 
 
+def _expected_training_rows() -> list[tuple[int, dict[str, float]]]:
+    """What TrainMetricNet's loggers must receive on rank 0, from torchmetrics run here on all data.
+
+    Step s of an epoch reads samples 4(s-1)..4s-1: rank r the two of them with r's parity.
+    """
+    from torchmetrics.classification import MulticlassAccuracy
+
+    _, x, weight, label = workers.log_data().tensors
+    preds = x[:, :3].argmax(1)
+    per_step = workers.PER_RANK_BATCH * workers.WORLD_SIZE
+    steps = len(label) // per_step
+    every = workers.METRIC_LOG_EVERY
+
+    def accuracy(first: int, last: int) -> float:  # samples [first, last)
+        metric = MulticlassAccuracy(num_classes=3, average="micro")
+        metric.update(preds[first:last], label[first:last])
+        return float(metric.compute())
+
+    def value(step: int, rank: int) -> float:
+        index = torch.arange(per_step * (step - 1) + rank, per_step * step, workers.WORLD_SIZE)
+        return float(workers.weighted_value(x[index], weight[index]))
+
+    rows = []
+    for epoch in range(workers.METRIC_EPOCHS):
+        for step in range(every, steps + 1, every):
+            synced = sum(value(step, r) for r in range(workers.WORLD_SIZE)) / workers.WORLD_SIZE
+            logged = {
+                "train/acc": accuracy(0, step * per_step),  # the epoch so far
+                "train/interval_acc": accuracy((step - every) * per_step, step * per_step),
+                "train/synced": synced,
+                "train/synced_twice": 2 * synced,
+                "train/local": value(step, 0),
+            }
+            rows.append((epoch * steps + step, logged))
+        rows.append(((epoch + 1) * steps, {"train/acc": accuracy(0, steps * per_step)}))  # the epoch value
+    # Preconditions: shards differ, and a metric left unreset at epoch end would give other values.
+    assert abs(rows[0][1]["train/synced"] - rows[0][1]["train/local"]) > 1e-2
+    assert abs(accuracy(0, per_step * every) - accuracy(0, steps * per_step)) > 1e-2
+    return rows
+
+
+def test_metrics_and_sync_dist_values_logged_in_training_step_are_global_at_every_write(ranks):
+    """torchmetrics metrics update every step and are computed over all ranks at each log interval
+    (the epoch so far with on_epoch, the interval without), computed and reset at epoch end; sync_dist
+    step values are the mean over ranks of each rank's latest value."""
+    rows = checks.outcome(ranks, "train_metrics")["rows"]
+    expected = _expected_training_rows()
+    written = [(step, {k: v for k, v in metrics.items() if k != "train/loss"}) for step, metrics in rows[0]]
+    assert [step for step, _ in written] == [step for step, _ in expected]
+    for (step, got), (_, want) in zip(written, expected, strict=True):
+        assert got == pytest.approx(want, abs=1e-6), f"step {step}"
+    # Rank 1's loggers get the same global values; only its unsynced value is its own.
+    for (_, on_rank0), (_, on_rank1) in zip(rows[0], rows[1], strict=True):
+        assert {k: v for k, v in on_rank1.items() if k != "train/local"} == {
+            k: v for k, v in on_rank0.items() if k != "train/local"
+        }
+
+
+def test_sync_dist_reduces_once_per_log_interval_not_every_step(ranks):
+    """One collective for all sync_dist step values, plus one for train/loss, on writing steps only."""
+    reduces = checks.outcome(ranks, "train_metrics")["reduces_per_step"]
+    steps = workers.METRIC_EPOCHS * len(workers.log_data()) // (workers.PER_RANK_BATCH * workers.WORLD_SIZE)
+    writing = [step % workers.METRIC_LOG_EVERY == 0 for step in range(1, steps + 1)]
+    assert reduces == [2 if write else 0 for write in writing]
+
+
 # -- 5. exact resume -------------------------------------------------------------------------------
 def test_resume_from_last_is_bit_identical_to_the_uninterrupted_run(ranks):
     checks.check_exact_resume(checks.outcome(ranks, "resume"))

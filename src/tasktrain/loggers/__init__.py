@@ -1,6 +1,8 @@
-"""Loggers: where metrics go. ``CSVLogger`` is the default."""
+"""Loggers: where metrics go. ``CSVLogger`` is the default; several can be given at once."""
 
-from tasktrain.loggers.base import Logger
+from tasktrain.loggers.base import FileLogger, Logger
 from tasktrain.loggers.csv import CSVLogger
+from tasktrain.loggers.jsonl import JSONLLogger
+from tasktrain.loggers.tensorboard import TensorBoardLogger
 
-__all__ = ["CSVLogger", "Logger"]
+__all__ = ["CSVLogger", "FileLogger", "JSONLLogger", "Logger", "TensorBoardLogger"]

@@ -1,8 +1,13 @@
-"""The ``Logger`` interface: where flushed metrics and hyperparameters go."""
+"""The ``Logger`` interface, and ``FileLogger``: the shared skeleton of loggers that write files."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+from lightning_utilities.core.rank_zero import rank_zero_only
 
 
 class Logger:
@@ -30,3 +35,89 @@ class Logger:
 
     def finalize(self) -> None:
         """Flush and close (called at the end of every run, also after an error)."""
+
+
+class FileLogger(Logger):
+    """Writes files under ``{root_dir}/{name}/version_{n}`` through fsspec, on rank 0 only.
+
+    ``n`` is the next free version unless given; it is chosen when the logger is built (in the
+    launching process, before ranks are spawned), so all ranks and later runs of the same logger
+    agree on it. Rows are buffered and handed to :meth:`write_rows` every ``flush_every`` rows
+    and at :meth:`finalize`. Subclasses implement ``write_rows``, and may override
+    ``write_hyperparams`` (default: ``hparams.json``); both run on rank 0 only.
+
+    Example:
+        >>> class LinesLogger(FileLogger):
+        ...     def write_rows(self, rows):
+        ...         self.append("log.txt", "".join(f"{step} {metrics}\\n" for step, metrics in rows))
+    """
+
+    def __init__(self, root_dir: str, name: str, version: int | None, flush_every: int) -> None:
+        if isinstance(flush_every, bool) or not isinstance(flush_every, int) or flush_every < 1:
+            raise ValueError(f"{type(self).__name__}(flush_every={flush_every!r}): must be an integer >= 1")
+        self.root_dir = str(root_dir).rstrip("/")
+        self.name = name
+        self.flush_every = flush_every
+        self._fs, base = url_to_fs(f"{self.root_dir}/{name}")
+        self._version = version if version is not None else _next_version(self._fs, base)
+        self._dir_path = f"{base}/version_{self._version}"  # the filesystem's own path
+        self._pending: list[tuple[int, dict[str, float]]] = []
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def log_dir(self) -> str:
+        """The run's directory as the user named it (a local path or a URL)."""
+        return f"{self.root_dir}/{self.name}/version_{self._version}"
+
+    @rank_zero_only
+    def log_hyperparams(self, params: dict[str, Any]) -> None:
+        self.write_hyperparams(params)
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._pending.append((step, dict(metrics)))
+        if len(self._pending) >= self.flush_every:
+            self._flush()
+
+    @rank_zero_only
+    def finalize(self) -> None:
+        self._flush()
+
+    def write_rows(self, rows: list[tuple[int, dict[str, float]]]) -> None:
+        """Write ``(step, metrics)`` rows, oldest first."""
+        raise NotImplementedError
+
+    def write_hyperparams(self, params: dict[str, Any]) -> None:
+        """Write the hyperparameters; by default as ``hparams.json`` (``repr`` for non-JSON values)."""
+        self.write("hparams.json", json.dumps(params, indent=2, default=repr))
+
+    def append(self, filename: str, data: str | bytes) -> None:
+        """Append ``data`` to ``filename`` in the run's directory, creating both when missing."""
+        self._fs.makedirs(self._dir_path, exist_ok=True)
+        with self._fs.open(f"{self._dir_path}/{filename}", "ab" if isinstance(data, bytes) else "a") as f:
+            f.write(data)
+
+    def write(self, filename: str, text: str) -> None:
+        """Write ``text`` to ``filename`` in the run's directory, replacing it."""
+        self._fs.makedirs(self._dir_path, exist_ok=True)
+        with self._fs.open(f"{self._dir_path}/{filename}", "w") as f:
+            f.write(text)
+
+    def _flush(self) -> None:
+        if self._pending:
+            self.write_rows(self._pending)
+            self._pending = []
+
+
+def _next_version(fs: fsspec.AbstractFileSystem, base: str) -> int:
+    if not fs.exists(base):
+        return 0
+    versions = [
+        int(name.rsplit("_", 1)[1])
+        for name in (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(base, detail=False))
+        if name.startswith("version_") and name.rsplit("_", 1)[1].isdigit()
+    ]
+    return max(versions, default=-1) + 1
