@@ -19,7 +19,6 @@ optuna = pytest.importorskip("optuna")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _tune_workers, here and in spawned ranks
 import _tune_workers as workers  # noqa: E402
-
 import tasktrain as tt  # noqa: E402
 import tasktrain.tune as tune  # noqa: E402
 from tasktrain.strategies.launcher import spawn  # noqa: E402

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import os
 import secrets
@@ -355,7 +356,7 @@ def _follow(group: Strategy, run: _Run, catch: tuple[type[Exception], ...]) -> S
     ends_one_trial: tuple[type[BaseException], ...] = (optuna.TrialPruned, *catch)
     while (message := group.broadcast(None)) is not None:
         number, params = message
-        with contextlib.suppress(ends_one_trial):  # rank 0 records it; the search goes on
+        with contextlib.suppress(*ends_one_trial):  # rank 0 records it; the search goes on
             run.trial(number, params, None, group)
     return SearchResult(**group.broadcast(None), study=None)
 
@@ -419,7 +420,8 @@ def _call_space(space: Space, trial: optuna.Trial) -> dict[str, Any]:
 
 
 def _build_task(task: Callable[..., TaskModule[Any]], params: dict[str, Any]) -> TaskModule[Any]:
-    name = getattr(task, "__name__", type(task).__name__)
+    function = task.func if isinstance(task, functools.partial) else task  # the CLI's partial(TaskClass, ...)
+    name = getattr(function, "__name__", type(function).__name__)
     try:
         module = task(**params)
     except TypeError as error:
