@@ -44,9 +44,22 @@ def test_tune_searches_prints_the_best_trial_and_keeps_the_study(tmp_path):
         ["tune", "--task", "tiny_task.py", "--n_trials", "1", *QUIET],
         ["tune", "--task", "tiny_task.py", "--space", "tiny_data.py", *QUIET],
         ["tune", "--task", "tiny_task.py", "--space", "tune_space.py", "--direction", "up", *QUIET],
-        ["tune", "--task", "tiny_task.py", "--space", "tune_space.py", "--monitor", "val/acc", *QUIET],
+        [
+            "tune",
+            "--task",
+            "tiny_task.py",
+            "--space",
+            "tune_space.py",
+            "--monitor",
+            "val/acc",
+            "--root_dir",
+            "other",
+            *QUIET,
+        ],
+        ["tune", "--task", "tiny_task.py", "--space", "tune_space.py", "--n_trials", "0", *QUIET],
+        ["tune", "--task", "tiny_task.py", "--space", "tune_space.py", "--trainer.max_steps", "-1", *QUIET],
     )
-    ran, no_space, no_function, bad_direction, bad_monitor = results
+    ran, no_space, no_function, bad_direction, bad_monitor, no_trials, bad_trainer = results
 
     assert ran["code"] == 0, ran["stderr"]
     study = optuna.load_study(study_name="cli", storage=f"sqlite:///{tmp_path / 'study.db'}")
@@ -75,3 +88,6 @@ def test_tune_searches_prints_the_best_trial_and_keeps_the_study(tmp_path):
     assert bad_direction["code"] == 2 and "--direction: 'up'" in bad_direction["stderr"]
     assert bad_monitor["code"] == 1  # the search started: the user's run failed, with the reason
     assert "monitor='val/acc' was not logged; logged metrics: [" in bad_monitor["stderr"]
+    assert no_trials["code"] == 2 and "--n_trials 0: give an int >= 1" in no_trials["stderr"]
+    assert bad_trainer["code"] == 2 and "max_steps=-1" in bad_trainer["stderr"]
+    assert not (tmp_path / "runs" / "tune" / "trial_0003").exists()  # the bad command lines ran no trial

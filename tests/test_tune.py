@@ -120,6 +120,13 @@ def test_a_study_in_storage_is_continued(tmp_path):
     assert result.best_checkpoint is None  # no checkpointing asked for
 
 
+def test_a_new_study_refuses_the_run_directories_of_an_earlier_one(tmp_path):
+    kwargs = {"max_steps": 1, **QUIET}
+    search(TinyTask, workers.lr_space, n_trials=1, trainer_kwargs=kwargs, root_dir=tmp_path)
+    with pytest.raises(FileExistsError, match=r"trial_0000 already exists.*storage= and study_name="):
+        search(TinyTask, workers.lr_space, n_trials=1, trainer_kwargs=kwargs, root_dir=tmp_path)
+
+
 def test_a_monitor_that_is_not_logged_names_the_logged_metrics(tmp_path):
     with pytest.raises(KeyError, match=r"monitor='val/acc' was not logged; logged metrics: \[.*'val/loss'"):
         search(

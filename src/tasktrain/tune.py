@@ -39,8 +39,6 @@ if TYPE_CHECKING:
 
 _OPTUNA = RequirementCache("optuna>=4.0")
 _DIRECTIONS = ("minimize", "maximize")
-#: Trainer arguments that ``search`` sets for every trial.
-_OWNED = ("default_root_dir",)
 
 Space = Callable[["optuna.Trial"], Mapping[str, Any]]
 
@@ -315,19 +313,21 @@ class _Run:
         import optuna
 
         run_dir = f"{self.root_dir}/trial_{number:04d}"
+        if trial is not None:
+            _claim(run_dir)
+            trial.set_user_attr("run_dir", run_dir)
+            _write_json(f"{run_dir}/trial.json", self._config(number, params))
         trainer = Trainer(**copy.deepcopy(self.trainer_kwargs), default_root_dir=run_dir)
+        if trainer.args.seed is not None:  # every trial starts from the same initial weights
+            seed_everything(trainer.args.seed)
+        module = _build_task(self.task, params)
         # devices=N: the ranks run in new processes, so they reach the trial through a server here.
         server = _TrialServer(trial) if trial is not None and trainer.strategy.needs_launch else None
         trainer.callbacks.append(
             PruningCallback(server.remote() if server is not None else trial, self.monitor)
         )
-        if trial is not None:
-            trial.set_user_attr("run_dir", run_dir)
-            _write_json(f"{run_dir}/trial.json", self._config(number, params))
-        if trainer.args.seed is not None:  # every trial starts from the same initial weights
-            seed_everything(trainer.args.seed)
         try:
-            trainer.fit(_build_task(self.task, params), self.train_dataloaders, self.val_dataloaders)
+            trainer.fit(module, self.train_dataloaders, self.val_dataloaders)
         finally:
             if server is not None:
                 server.close()
@@ -400,10 +400,9 @@ def _check_arguments(
         raise ValueError(f"search(n_trials={n_trials!r}): accepted values are None or an int >= 1")
     if n_trials is None and timeout is None:
         raise ValueError("search(n_trials=None, timeout=None): give at least one, or the search never ends")
-    owned = [k for k in _OWNED if k in (trainer_kwargs or {})]
-    if owned:
+    if "default_root_dir" in (trainer_kwargs or {}):
         raise ValueError(
-            f"search(trainer_kwargs={{{owned[0]!r}: ...}}): search sets it for each trial "
+            "search(trainer_kwargs={'default_root_dir': ...}): search sets it for each trial "
             "({root_dir}/trial_NNNN); give root_dir= instead"
         )
     Trainer(**copy.deepcopy(dict(trainer_kwargs or {})))  # a bad argument fails now, before any trial
@@ -454,6 +453,16 @@ def _last_checkpoint(trainer: Trainer, run_dir: str) -> str | None:
     from tasktrain.checkpoint import find_last
 
     return find_last(run_dir) if trainer.args.enable_checkpointing else None
+
+
+def _claim(run_dir: str) -> None:
+    """Refuse a trial directory that exists: its old checkpoints would pass for this trial's."""
+    fs, path = url_to_fs(run_dir)
+    if fs.exists(path):
+        raise FileExistsError(
+            f"search: the run directory {run_dir} already exists (from an earlier search with the same "
+            "root_dir?); give another root_dir, or continue that study with storage= and study_name="
+        )
 
 
 def _write_json(path: str, data: dict[str, Any]) -> None:

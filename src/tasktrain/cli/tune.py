@@ -17,7 +17,14 @@ from jsonargparse import ArgumentParser
 
 from tasktrain.cli.errors import CLIError
 from tasktrain.cli.loading import load_space
-from tasktrain.cli.run import check_data, instantiate, parse_command, stage_loaders, trainer_kwargs
+from tasktrain.cli.run import (
+    build_trainer,
+    check_data,
+    instantiate,
+    parse_command,
+    stage_loaders,
+    trainer_kwargs,
+)
 
 if TYPE_CHECKING:
     from tasktrain.tune import SearchResult
@@ -52,24 +59,25 @@ def tune_main(argv: list[str]) -> int:
     fixed = dict(vars(built.task.init_args)) if built.task.init_args is not None else {}
     task = functools.partial(parsed.task_cls, **fixed)  # the space's values override these
     root_dir = str(cfg.root_dir).rstrip("/")
+    kwargs = trainer_kwargs(built.trainer, parsed.plugins)
+    build_trainer(kwargs)  # a bad --trainer.* value is reported now, before any trial
+    if (cfg.n_trials is not None and cfg.n_trials < 1) or (cfg.n_trials is None and cfg.timeout is None):
+        raise CLIError(f"--n_trials {cfg.n_trials}: give an int >= 1 (or null with --timeout)")
     rank_zero = int(os.environ.get("RANK", "0")) == 0  # under torchrun: rank 0 writes and prints
     config = _save_config(root_dir, parsed.parser.dump(cfg, skip_none=False)) if rank_zero else ""
-    try:
-        result = search(
-            task,
-            space,
-            monitor=cfg.monitor,
-            direction=cfg.direction,
-            n_trials=cfg.n_trials,
-            timeout=cfg.timeout,
-            trainer_kwargs=trainer_kwargs(built.trainer, parsed.plugins),
-            root_dir=root_dir,
-            storage=cfg.storage,
-            study_name=cfg.study_name,
-            **stage_loaders("fit", data),
-        )
-    except (ValueError, TypeError) as error:  # arguments that search checks before any trial
-        raise CLIError(str(error)) from error
+    result = search(
+        task,
+        space,
+        monitor=cfg.monitor,
+        direction=cfg.direction,
+        n_trials=cfg.n_trials,
+        timeout=cfg.timeout,
+        trainer_kwargs=kwargs,
+        root_dir=root_dir,
+        storage=cfg.storage,
+        study_name=cfg.study_name,
+        **stage_loaders("fit", data),
+    )
     if rank_zero:
         _report(result, cfg.monitor, cfg.direction, config)
     return 0
