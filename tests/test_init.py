@@ -33,7 +33,7 @@ def test_import_tasktrain_does_not_import_optional_dependencies():
 def test_importing_the_public_subpackages_stays_light():
     statement = (
         "import tasktrain, tasktrain.callbacks, tasktrain.loggers, tasktrain.loops, tasktrain.checkpoint, "
-        "tasktrain.strategies"
+        "tasktrain.strategies, tasktrain.tune"
     )
     assert _imported_after(statement) == []
 

@@ -89,6 +89,25 @@ def load_data_factory(spec: str) -> Callable[..., Any]:
     return obj
 
 
+def load_space(spec: str) -> Callable[..., Any]:
+    """The search-space function that ``spec`` names for ``--space`` (default name: ``space``).
+
+    Example:
+        >>> load_space("examples/tune_space.py")  # doctest: +SKIP
+        <function space at ...>
+    """
+    module, attr = _import_target(parse_spec(spec), "--space")
+    functions = [
+        name for name, obj in vars(module).items() if inspect.isfunction(obj) and not name.startswith("_")
+    ]
+    obj = _attribute(module, attr or "space", spec, "--space", "functions", dict.fromkeys(functions, object))
+    if not callable(obj) or inspect.isclass(obj):
+        raise CLIError(
+            f"--space {spec}: {attr or 'space'} is {_kind(obj)}; --space takes a function space(trial) -> dict"
+        )
+    return obj
+
+
 # -- importing ----------------------------------------------------------------------------------
 def _import_target(target: Target, option: str) -> tuple[ModuleType, str | None]:
     if target.path is not None:

@@ -20,9 +20,10 @@ COMMANDS = {
     "predict": "run predict_step over the predict data; the outputs are saved as predictions.pt",
     "export": "write a checkpoint's weights as one safetensors file",
     "plot": "draw learning curves of one or more runs to a PNG",
+    "tune": "search hyperparameters with optuna (a --space file suggests the task's arguments)",
 }
 
-USAGE = "usage: tasktrain [-h] [--version] {fit,validate,test,predict,export,plot} ..."
+USAGE = "usage: tasktrain [-h] [--version] {fit,validate,test,predict,export,plot,tune} ..."
 HELP = f"""{USAGE}
 
 Train and evaluate tasktrain TaskModules from the shell.
@@ -41,6 +42,7 @@ examples:
   tasktrain validate --task examples/digits.py --data examples/digits.py --ckpt_path last
   tasktrain export runs/checkpoints/step=00000200 model.safetensors
   tasktrain plot runs/csv/version_0 runs/csv/version_1 --out curves.png
+  tasktrain tune --task my_task.py --space my_space.py --n_trials 20 --storage sqlite:///tune.db
 
 Run 'tasktrain COMMAND --help' for a command's options; with --task given, the help lists the
 task's own options too. Add --debug to any command to see Python tracebacks."""
@@ -94,6 +96,10 @@ def _dispatch(command: str | None, rest: list[str]) -> int:
         import jsonargparse  # noqa: F401  (the optional dependency of the command line)
     except ImportError as error:
         raise CLIError("this command needs jsonargparse: pip install 'tasktrain[cli]'") from error
+    if command == "tune":
+        from tasktrain.cli.tune import tune_main
+
+        return tune_main(rest)
     from tasktrain.cli.run import run_command  # imports jsonargparse: only when a command runs
 
     return run_command(command, rest)

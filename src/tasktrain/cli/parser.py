@@ -29,6 +29,7 @@ DESCRIPTIONS = {
     "validate": "Run the validation loop once (add --ckpt_path PATH or last to evaluate a checkpoint).",
     "test": "Run the test loop once (add --ckpt_path PATH or last to evaluate a checkpoint).",
     "predict": "Run predict_step over the predict data; the outputs are saved as predictions.pt next to config.yaml.",
+    "tune": "Search hyperparameters with optuna: each trial fits the task with the values --space suggests.",
 }
 
 TASK_HELP = (
@@ -92,7 +93,9 @@ def build_parser(
             parser.add_class_arguments(data_factory, "data.init_args", instantiate=False, fail_untyped=False)
         else:
             parser.add_function_arguments(data_factory, "data.init_args", fail_untyped=False)
-    _add_trainer_arguments(parser, plugins)
+    _add_trainer_arguments(parser, plugins, skip=("default_root_dir",) if command == "tune" else ())
+    if command == "tune":  # its own options are added by tasktrain.cli.tune; trials start from scratch
+        return parser
     parser.add_argument(
         "--ckpt_path",
         type=str | None,
@@ -105,9 +108,9 @@ def build_parser(
 _RETYPED = ("strategy", "precision", "accelerator", "gradient_clip_algorithm", "on_nonfinite_loss", "devices")
 
 
-def _add_trainer_arguments(parser: ArgumentParser, plugins: Plugins) -> None:
+def _add_trainer_arguments(parser: ArgumentParser, plugins: Plugins, skip: Sequence[str] = ()) -> None:
     """Every Trainer argument as ``--trainer.<name>``; name-valued ones list their accepted names."""
-    parser.add_class_arguments(Trainer, "trainer", instantiate=False, skip=set(_RETYPED))
+    parser.add_class_arguments(Trainer, "trainer", instantiate=False, skip={*_RETYPED, *skip})
     group = parser.groups["trainer"]  # type: ignore[index]
     defaults = inspect.signature(Trainer).parameters
     choices = trainer_choices(plugins)

@@ -71,6 +71,41 @@ def run_command(command: str, argv: list[str]) -> int:
 
 def prepare(command: str, argv: list[str]) -> Run:
     """Parse ``argv``, load the task (and data), build everything; raise :class:`CLIError` on bad input."""
+    parsed = parse_command(command, argv)
+    parser, cfg, task_cls = parsed.parser, parsed.cfg, parsed.task_cls
+    built = instantiate(parser, cfg)
+    data = parsed.build_data(built)
+    task = build_object("--task", task_cls, built.task.init_args)
+    trainer = _build_trainer(built.trainer, parsed.plugins)
+    ckpt_path = _check_ckpt_path(cfg.ckpt_path, trainer)
+    check_data(command, task, data, parsed.data_spec)
+    config = parser.dump(cfg, skip_none=False)
+    return Run(command, trainer, task, data, ckpt_path, config)
+
+
+@dataclass
+class Parsed:
+    """A parsed command line: the parser, its config, the loaded task class and data factory."""
+
+    parser: ArgumentParser
+    cfg: Namespace
+    task_cls: type[TaskModule[Any]]
+    data_factory: Callable[..., Any] | None
+    data_spec: str | None
+    plugins: Plugins
+
+    def build_data(self, built: Namespace) -> Any:
+        """The ``--data`` object (None without ``--data``), from the instantiated config."""
+        if self.data_factory is None:
+            return None
+        return build_object("--data", self.data_factory, built.data.init_args)
+
+
+def parse_command(
+    command: str, argv: list[str], add_arguments: Callable[[ArgumentParser], None] | None = None
+) -> Parsed:
+    """Load the task class (and data factory) that ``argv`` names, parse ``argv`` with their options
+    (and those ``add_arguments`` adds), and seed; raise :class:`CLIError` on bad input."""
     plugins = discover()
     args, _ = normalize(argv, {key: plugins.aliases(key) for key in ("trainer.callbacks", "trainer.logger")})
     wants_help = any(a in ("-h", "--help") or a.endswith(".help") for a in args)
@@ -84,6 +119,8 @@ def prepare(command: str, argv: list[str]) -> Run:
     task_cls = load_task_class(task_spec) if task_spec else None
     data_factory = load_data_factory(data_spec) if data_spec else None
     parser = build_parser(command, task_cls, data_factory, plugins)
+    if add_arguments is not None:
+        add_arguments(parser)
     cfg = _parse(parser, args, plugins)  # --help and --print_config exit here
     if (cfg.task.class_path, cfg.data.class_path) != (task_spec, data_spec) or task_cls is None:
         raise CLIError(  # the specs are read before parsing, to know which options to add
@@ -91,14 +128,7 @@ def prepare(command: str, argv: list[str]) -> Run:
             f"parsed --task {cfg.task.class_path} --data {cfg.data.class_path}; give both on the command line"
         )
     _choose_seed(cfg)
-    built = _instantiate(parser, cfg)
-    data = _build("--data", data_factory, built.data.init_args) if data_factory is not None else None
-    task = _build("--task", task_cls, built.task.init_args)
-    trainer = _build_trainer(built.trainer, plugins)
-    ckpt_path = _check_ckpt_path(cfg.ckpt_path, trainer)
-    _check_data(command, task, data, data_spec)
-    config = parser.dump(cfg, skip_none=False)
-    return Run(command, trainer, task, data, ckpt_path, config)
+    return Parsed(parser, cfg, task_cls, data_factory, data_spec, plugins)
 
 
 def _choose_seed(cfg: Namespace) -> None:
@@ -120,7 +150,7 @@ def _parse(parser: ArgumentParser, args: list[str], plugins: Plugins) -> Namespa
         raise CLIError(explain(str(error), parser, plugins)) from error
 
 
-def _instantiate(parser: ArgumentParser, cfg: Namespace) -> Namespace:
+def instantiate(parser: ArgumentParser, cfg: Namespace) -> Namespace:
     """Build the objects nested in the config (callbacks, loggers, strategy classes); not task/trainer."""
     try:
         return parser.instantiate(cfg)
@@ -130,7 +160,7 @@ def _instantiate(parser: ArgumentParser, cfg: Namespace) -> Namespace:
         raise CLIError(f"building a callback, logger or strategy failed: {reason}") from error
 
 
-def _build(option: str, factory: Callable[..., Any], args: Namespace | None) -> Any:
+def build_object(option: str, factory: Callable[..., Any], args: Namespace | None) -> Any:
     kwargs = dict(vars(args)) if args is not None else {}
     try:
         return factory(**kwargs)
@@ -140,10 +170,19 @@ def _build(option: str, factory: Callable[..., Any], args: Namespace | None) -> 
 
 
 def _build_trainer(args: Namespace, plugins: Plugins) -> Trainer:
+    return build_trainer(trainer_kwargs(args, plugins))
+
+
+def trainer_kwargs(args: Namespace, plugins: Plugins) -> dict[str, Any]:
+    """The Trainer's keyword arguments from the parsed ``--trainer.*`` (a plugin strategy built)."""
     kwargs = dict(vars(args))
     strategy = kwargs.get("strategy")
     if isinstance(strategy, str) and strategy in plugins.strategies:  # a plugin named by its entry point
-        kwargs["strategy"] = _build("--trainer.strategy", plugins.strategies[strategy], None)
+        kwargs["strategy"] = build_object("--trainer.strategy", plugins.strategies[strategy], None)
+    return kwargs
+
+
+def build_trainer(kwargs: dict[str, Any]) -> Trainer:
     try:
         return Trainer(**kwargs)
     except (ValueError, TypeError, NotImplementedError) as error:
@@ -165,12 +204,15 @@ def _check_ckpt_path(ckpt_path: str | None, trainer: Trainer) -> str | None:
         raise CLIError(f"--ckpt_path: {error}") from error
 
 
-def _check_data(command: str, task: TaskModule[Any], data: Any, data_spec: str | None) -> None:
+def check_data(
+    command: str, task: TaskModule[Any] | type[TaskModule[Any]], data: Any, data_spec: str | None
+) -> None:
     hook = STAGE_HOOKS[command][0]
+    name = task.__name__ if isinstance(task, type) else type(task).__name__
     if data is None:
         if not is_overridden(hook, task, TaskModule):
             raise CLIError(
-                f"no data for {command}: {type(task).__name__} does not implement {hook}(); "
+                f"no data for {command}: {name} does not implement {hook}(); "
                 "add --data pkg.module:make_data (or path/to/file.py:DataClass) that provides it"
             )
         return
@@ -187,7 +229,7 @@ def _check_data(command: str, task: TaskModule[Any], data: Any, data_spec: str |
         return
     raise CLIError(
         f"--data {data_spec}: gives a {type(data).__name__} without {hook}(), and "
-        f"{type(task).__name__} does not implement {hook}() either"
+        f"{name} does not implement {hook}() either"
     )
 
 
@@ -217,11 +259,15 @@ def execute(run: Run) -> Any:
 
 
 def _loaders(run: Run) -> dict[str, Any]:
-    data = run.data
+    return stage_loaders(run.command, run.data)
+
+
+def stage_loaders(command: str, data: Any) -> dict[str, Any]:
+    """The dataloader arguments of ``command``'s Trainer method, from ``--data``'s object."""
     if data is None:
         return {}  # the task's own hooks
-    main, *extra = STAGE_HOOKS[run.command]
-    key = "train_dataloaders" if run.command == "fit" else "dataloaders"
+    main, *extra = STAGE_HOOKS[command]
+    key = "train_dataloaders" if command == "fit" else "dataloaders"
     if isinstance(data, DataLoader):
         return {key: data}
     loaders: dict[str, Any] = {}
