@@ -219,3 +219,24 @@ def test_is_metric_duck_typing():
     assert is_metric(MeanMetric())
     assert not is_metric(1.0)
     assert not is_metric(torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("stage", ["train", "validate"])
+def test_synced_values_are_stacked_in_name_order_whatever_order_they_were_logged(stage):
+    """Every rank must put the same name in the same row of the collective: two ranks logging in
+    different orders (or keeping names in a set, whose order differs between processes) agree."""
+    stacked = []
+
+    def reduce(tensor, op):
+        stacked.append(tensor.tolist())
+        return tensor
+
+    for order in (["zeta", "alpha", "mid"], ["mid", "zeta", "alpha"]):
+        buf = LogBuffer(loggers=[], reduce=reduce)
+        buf.begin(stage)
+        for name in order:
+            buf.log(name, {"alpha": 1.0, "mid": 2.0, "zeta": 3.0}[name], sync_dist=True, batch_size=1)
+        buf.flush_step(step=1) if stage == "train" else buf.flush_epoch(step=1)
+    assert stacked[0] == stacked[1]
+    rows = [row[0] if isinstance(row, list) else row for row in stacked[0]]
+    assert rows == [1.0, 2.0, 3.0]

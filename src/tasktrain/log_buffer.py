@@ -161,11 +161,16 @@ class LogBuffer:
         return metrics
 
     def _reduce(self, rows: dict[str, Tensor], op: str) -> dict[str, Tensor]:
-        """Tensors of one shape, on one device, reduced over ranks in a single collective."""
+        """Tensors of one shape, on one device, reduced over ranks in a single collective.
+
+        Stacked in name order: every rank must put the same name in the same row, whatever order
+        its values were logged or collected in (a set's order differs between processes).
+        """
         if not rows or self.reduce is None:
             return rows
-        reduced = self.reduce(torch.stack(list(rows.values())), op)
-        return dict(zip(rows, reduced.unbind(), strict=True))
+        names = sorted(rows)
+        reduced = self.reduce(torch.stack([rows[name] for name in names]), op)
+        return dict(zip(names, reduced.unbind(), strict=True))
 
     def _publish(self, metrics: dict[str, float], step: int) -> None:
         if not metrics:
