@@ -121,13 +121,14 @@ class ParallelStrategy(Strategy):
     def reduce(self, tensor: Tensor, op: str = "mean") -> Tensor:
         if op not in _REDUCE_OPS:
             raise ValueError(f"reduce(op={op!r}): accepted values are {sorted(_REDUCE_OPS)}")
-        result = tensor.clone()
+        result = tensor.to(self.root_device, copy=True)  # NCCL refuses CPU tensors (e.g. logged floats)
         dist.all_reduce(result, op=_REDUCE_OPS[op])
         return result / self.world_size if op == "mean" else result
 
     def all_gather(self, tensor: Tensor) -> Tensor:
+        tensor = tensor.to(self.root_device).contiguous()
         gathered = [torch.empty_like(tensor) for _ in range(self.world_size)]
-        dist.all_gather(gathered, tensor.contiguous())
+        dist.all_gather(gathered, tensor)
         return torch.stack(gathered)
 
     def all_gather_object(self, obj: Any) -> list[Any]:
