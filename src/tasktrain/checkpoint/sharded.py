@@ -18,7 +18,7 @@ import pickle
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from fsspec.core import url_to_fs
@@ -139,13 +139,9 @@ def _model_entries(directory: str) -> dict[str, Any]:
 
 def _read_metadata(directory: str) -> Metadata:
     fs, root = url_to_fs(directory)
-    with fs.open(f"{root.rstrip('/')}/.metadata", "rb") as f:
-        return _unpickle_metadata(f, directory)
-
-
-def _unpickle_metadata(stream: IO[bytes] | io.IOBase, directory: str) -> Metadata:
     try:
-        metadata: Metadata = _MetadataUnpickler(stream).load()
+        with fs.open(f"{root.rstrip('/')}/.metadata", "rb") as f:
+            metadata: Metadata = _MetadataUnpickler(f).load()
     except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as err:
         raise CheckpointError(f"{directory}/.metadata is corrupt or unsafe: {err}") from err
     return metadata
@@ -158,10 +154,7 @@ def _reader(directory: str) -> Any:
         def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
             from torch.distributed.checkpoint.metadata import StorageMeta
 
-            rank = kwargs.get("rank")
-            name = ".metadata" if rank is None else f"__{rank}.metadata"
-            with self.fs.create_stream(self.fs.concat_path(self.path, name), "rb") as f:
-                metadata = _unpickle_metadata(f, directory)
+            metadata = _read_metadata(directory)  # save_sharded writes one global .metadata
             storage_meta = metadata.storage_meta or StorageMeta()
             storage_meta.load_id = self.load_id
             metadata.storage_meta = storage_meta
