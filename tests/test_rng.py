@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from tasktrain.rng import RngState
+from tasktrain.checkpoint.codec import decode, encode
+from tasktrain.rng import ProcessRng, RngState
 
 
 def _draw(generator: torch.Generator | None = None) -> tuple:
@@ -73,29 +74,22 @@ def test_restore_without_a_captured_generator_leaves_the_generator_alone():
     assert torch.equal(generator.get_state(), before)
 
 
-def test_to_tensors_and_from_tensors_round_trip_through_a_safetensors_file():
+def _saved(state: RngState) -> RngState:
+    """``state`` after a trip through the checkpoint encoding: strict JSON and a safetensors file."""
+    tensors: dict[str, torch.Tensor] = {}
+    text = json.dumps(encode(state.state_dict(), tensors, "rng"), allow_nan=False)
+    loaded = load_safetensors(save_safetensors(tensors))  # JSON and tensors only: no pickle
+    return RngState.from_state_dict(decode(json.loads(text), loaded))
+
+
+def test_state_dict_round_trips_through_json_and_safetensors():
     generator = torch.Generator().manual_seed(4)
     _advance(generator)
     a = RngState.capture(generator)
     expected = _draw(generator)
-    _advance(generator)
     b = RngState.capture()  # no dedicated generator
-    c = RngState.capture()
 
-    tensors: dict[str, torch.Tensor] = {}
-    metadata: dict[str, str] = {}
-    for prefix, state in (("0.step.", a), ("1.step.", b), ("0.epoch_start.", c)):
-        t, m = state.to_tensors(prefix)
-        assert all(key.startswith(prefix) for key in [*t, *m])
-        assert all(isinstance(v, str) for v in m.values())
-        tensors.update(t)
-        metadata.update(m)
-    data = save_safetensors(tensors, metadata=metadata)  # JSON and tensors only: no pickle
-    loaded = load_safetensors(data)
-    header_metadata = _safetensors_metadata(data)
-
-    a2 = RngState.from_tensors(loaded, header_metadata, "0.step.")
-    b2 = RngState.from_tensors(loaded, header_metadata, "1.step.")
+    a2, b2 = _saved(a), _saved(b)
     assert b2.generator is None and a2.generator is not None
     assert torch.equal(a2.torch_cpu, a.torch_cpu)
     assert len(a2.torch_cuda) == len(a.torch_cuda)
@@ -109,9 +103,7 @@ def test_to_tensors_and_from_tensors_round_trip_through_a_safetensors_file():
 def test_the_python_and_numpy_states_survive_json_exactly():
     _advance()
     state = RngState.capture()
-    _, metadata = state.to_tensors("x.")
-    restored = RngState.from_tensors({"x.torch_cpu": state.torch_cpu}, metadata, "x.")
-    restored.restore()
+    _saved(state).restore()
     assert random.getstate() == state.python
     assert random.getstate()[2] is not None  # Python's cached Gaussian came back
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -119,16 +111,20 @@ def test_the_python_and_numpy_states_survive_json_exactly():
     assert has_gauss == 1  # and NumPy's
 
 
+def test_process_rng_restores_this_process_and_the_dedicated_generator():
+    generator = torch.Generator().manual_seed(9)
+    rng = ProcessRng(lambda: generator)
+    state = rng.state_dict()
+    expected = (_draw(), _draw(generator))
+    _advance(generator)
+    rng.load_state_dict(state)
+    assert (_draw(), _draw(generator)) == expected
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_generators_round_trip():
     state = RngState.capture()
     assert len(state.torch_cuda) == torch.cuda.device_count()
     expected = torch.rand(3, device="cuda").tolist()
-    t, m = state.to_tensors("r.")
-    RngState.from_tensors(t, m, "r.").restore()
+    _saved(state).restore()
     assert torch.rand(3, device="cuda").tolist() == expected
-
-
-def _safetensors_metadata(data: bytes) -> dict[str, str]:
-    header_len = int.from_bytes(data[:8], "little")
-    return json.loads(data[8 : 8 + header_len])["__metadata__"]

@@ -8,7 +8,7 @@ duck typing, so torchmetrics is never imported here; their ``compute()`` syncs t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,6 +159,13 @@ class LogBuffer:
         self._epoch_metrics[self.stage] = {}
         self._publish(metrics, step)
         return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        """The latest value of every metric, so callbacks resume seeing what they saw (e.g. a best score)."""
+        return {"callback_metrics": dict(self.callback_metrics)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.callback_metrics.update(state["callback_metrics"])
 
     def _reduce(self, rows: dict[str, Tensor], op: str) -> dict[str, Tensor]:
         """Tensors of one shape, on one device, reduced over ranks in a single collective.

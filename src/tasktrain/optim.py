@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 _INTERVALS = ("step", "epoch")
+Broadcast = Callable[[float], float]  # rank 0's value on every rank (``Strategy.broadcast``)
 
 
 @dataclass
@@ -39,13 +41,62 @@ class SchedulerConfig:
     def is_monitored(self) -> bool:
         return self.monitor is not None
 
+    def step(self) -> None:
+        """Advance an unmonitored scheduler by one of its intervals."""
+        self.scheduler.step()  # type: ignore[call-arg]  # not a ReduceLROnPlateau: those are monitored
+
+    def step_if_due(self, intervals_done: int) -> None:
+        """Step when ``intervals_done`` (steps taken, or epochs) is a multiple of ``frequency``."""
+        if intervals_done % self.frequency == 0:
+            self.step()
+
 
 @dataclass
 class OptimizerSetup:
-    """The optimizer and its optional scheduler, as the loops use them."""
+    """The optimizer and its optional scheduler, and the one place that decides when the scheduler steps.
+
+    The loops report what happened (:meth:`after_optimizer_step`, :meth:`after_validation`,
+    :meth:`after_epoch`); the scheduler's ``interval``, ``frequency`` and ``monitor`` decide.
+    """
 
     optimizer: Optimizer
     scheduler: SchedulerConfig | None = None
+
+    def after_optimizer_step(self, steps_taken: int) -> None:
+        """An optimizer step was taken (the ``steps_taken``-th; skipped steps do not count)."""
+        config = self.scheduler
+        if config is not None and config.interval == "step" and not config.is_monitored:
+            config.step_if_due(steps_taken)
+
+    def after_validation(self, metrics: Mapping[str, float], broadcast: Broadcast) -> None:
+        """A validation run ended: a monitored scheduler steps with its metric."""
+        self._step_monitored(metrics, broadcast)
+
+    def after_epoch(
+        self, epochs_done: int, metrics: Mapping[str, float], broadcast: Broadcast, validates: bool
+    ) -> None:
+        """An epoch ended; a monitored scheduler steps here only when there is no validation run."""
+        config = self.scheduler
+        if config is not None and config.interval == "epoch" and not config.is_monitored:
+            config.step_if_due(epochs_done)
+        if not validates:
+            self._step_monitored(metrics, broadcast)
+
+    def _step_monitored(self, metrics: Mapping[str, float], broadcast: Broadcast) -> None:
+        # The value is rank 0's, broadcast, so every rank changes its learning rate alike.
+        config = self.scheduler
+        if config is None or config.monitor is None:
+            return
+        if config.monitor not in metrics:
+            raise KeyError(
+                f"lr_scheduler monitors {config.monitor!r}, which was not logged; logged metrics: {sorted(metrics)}"
+            )
+        value = broadcast(metrics[config.monitor])
+        if isinstance(config.scheduler, ReduceLROnPlateau):
+            if not math.isnan(value):
+                config.scheduler.step(value)
+        else:
+            config.step()
 
 
 def parse_optimizers(value: Any) -> OptimizerSetup:

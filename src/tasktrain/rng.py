@@ -1,13 +1,14 @@
 """Random-number-generator state of one process, saved without pickle.
 
-Python's and NumPy's states become JSON; torch's (CPU and every CUDA device) become uint8
-tensors, so a whole snapshot fits in one safetensors file.
+Python's and NumPy's states are plain data; torch's (CPU and every CUDA device) are uint8
+tensors, so a snapshot is checkpointed as JSON plus safetensors like any other state.
 """
 
 from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,15 +58,27 @@ class RngState:
         if self.torch_cuda and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(self.torch_cuda)
 
-    def to_tensors(self, prefix: str) -> tuple[dict[str, Tensor], dict[str, str]]:
-        """``(tensors, metadata)`` for a safetensors file; keys start with ``prefix``."""
-        tensors = {f"{prefix}torch_cpu": self.torch_cpu}
-        tensors.update({f"{prefix}torch_cuda.{i}": s for i, s in enumerate(self.torch_cuda)})
-        if self.generator is not None:
-            tensors[f"{prefix}generator"] = self.generator
-        metadata = {f"{prefix}python": json.dumps(self.python), f"{prefix}numpy": json.dumps(self.numpy)}
-        return tensors, metadata
+    def state_dict(self) -> dict[str, Any]:
+        """The snapshot as plain data and tensors (see :mod:`tasktrain.checkpoint.codec`)."""
+        return {
+            "python": self.python,
+            "numpy": self.numpy,
+            "torch_cpu": self.torch_cpu,
+            "torch_cuda": list(self.torch_cuda),
+            "generator": self.generator,
+        }
 
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> RngState:
+        return cls(
+            python=state["python"],
+            numpy=state["numpy"],
+            torch_cpu=state["torch_cpu"],
+            torch_cuda=list(state.get("torch_cuda", [])),
+            generator=state.get("generator"),
+        )
+
+    # -- the rng.safetensors file of format_version 1 checkpoints --------------------------------
     @classmethod
     def from_tensors(cls, tensors: dict[str, Tensor], metadata: dict[str, str], prefix: str) -> RngState:
         cuda = [
@@ -79,6 +92,29 @@ class RngState:
             torch_cuda=cuda,
             generator=tensors.get(f"{prefix}generator"),
         )
+
+
+class ProcessRng:
+    """This process's random generators as one Stateful: captured when saved, restored when loaded.
+
+    Args:
+        generator: returns the dedicated generator to include (e.g. the training sampler's), if any.
+
+    Example:
+        >>> rng = ProcessRng()
+        >>> state = rng.state_dict(); a = torch.rand(1)
+        >>> rng.load_state_dict(state); bool(torch.rand(1) == a)
+        True
+    """
+
+    def __init__(self, generator: Callable[[], torch.Generator | None] = lambda: None) -> None:
+        self.generator = generator
+
+    def state_dict(self) -> dict[str, Any]:
+        return RngState.capture(self.generator()).state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        RngState.from_state_dict(state).restore(self.generator())
 
 
 def _numpy_state() -> Any | None:

@@ -2,8 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """Anything that resumes: its state as plain data (and tensors), and back.
+
+    Loops, callbacks, optimizers, schedulers, the precision plugin, a stateful dataloader and the
+    RNGs all are. The Trainer hands a flat ``{name: Stateful}`` mapping to the checkpoint code,
+    which needs nothing else (see ``docs/concepts/checkpoints.md``).
+
+    Example:
+        >>> isinstance(TrainState(), Stateful)
+        True
+    """
+
+    def state_dict(self) -> Mapping[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any], /) -> None: ...
 
 
 @dataclass
@@ -80,7 +99,7 @@ class Progress:
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.total = Counts(**state["total"])
         self.current = Counts(**state["current"])
 
@@ -101,6 +120,6 @@ class TrainState:
     def state_dict(self) -> dict[str, Any]:
         return {"global_step": self.global_step, "epoch": self.epoch}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.global_step = int(state["global_step"])
         self.epoch = int(state["epoch"])

@@ -10,20 +10,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from lightning_utilities.core.overrides import is_overridden
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from tasktrain.callbacks import Callback, ModelCheckpoint, Preemption, ProgressBar
-from tasktrain.checkpoint.resume import (
-    resolve_ckpt_path,
-    restore_trainer_checkpoint,
-    restore_weights,
-    save_trainer_checkpoint,
-)
+from tasktrain.checkpoint import manager
+from tasktrain.checkpoint.manager import resolve_ckpt_path
+from tasktrain.data import sampler_generator
 from tasktrain.log_buffer import LogBuffer
 from tasktrain.loggers import CSVLogger, Logger
 from tasktrain.loops import (
     AccumulationLoop,
+    Cadence,
     EpochLoop,
     EvaluationLoop,
     FitLoop,
@@ -32,15 +31,19 @@ from tasktrain.loops import (
     OptimizationStep,
     PredictionLoop,
 )
-from tasktrain.loops.epoch import global_mean, num_batches, steps_per_epoch
+from tasktrain.loops.cadence import global_mean
+from tasktrain.loops.epoch import num_batches, steps_per_epoch
 from tasktrain.module import TaskModule
-from tasktrain.optim import OptimizerSetup, parse_optimizers
+from tasktrain.optim import OptimizerSetup, SchedulerConfig, parse_optimizers
 from tasktrain.precision import build_precision
+from tasktrain.rng import ProcessRng
 from tasktrain.seed import seed_everything
-from tasktrain.state import TrainState
+from tasktrain.state import Stateful, TrainState
 from tasktrain.strategies import DDP, SingleDevice, Strategy
+from tasktrain.strategies.base import ModelState
 from tasktrain.strategies.launcher import spawn
 from tasktrain.strategies.single import default_device
+from tasktrain.totals import TrainTotals
 from tasktrain.trainer_args import DEEPSPEED_STAGES, TrainerArgs
 
 
@@ -103,21 +106,27 @@ class Trainer:
         self.default_root_dir = str(args.default_root_dir)
         self.log_every_n_steps = args.log_every_n_steps
         self.strategy = _build_strategy(args)
+        self.strategy.configure(
+            args.accumulate_grad_batches, args.gradient_clip_val, args.gradient_clip_algorithm
+        )
         self.callbacks = _build_callbacks(args)
         self.loggers = _build_loggers(args)
         self.state = TrainState()
+        self.totals = TrainTotals()
         self.fit_loop = FitLoop(
             max_epochs=args.max_epochs if args.max_epochs is not None or args.max_steps is not None else 1,
             max_steps=args.max_steps,
             epoch_loop=EpochLoop(
                 accumulate_grad_batches=args.accumulate_grad_batches,
                 limit_batches=args.limit_train_batches,
-                val_check_interval=args.val_check_interval,
-                check_val_every_n_epoch=args.check_val_every_n_epoch,
-                log_every_n_steps=args.log_every_n_steps,
                 accumulation=AccumulationLoop(args.on_nonfinite_loss),
                 optimization=OptimizationStep(args.gradient_clip_val, args.gradient_clip_algorithm),
-                val_loop=EvaluationLoop("validate", args.limit_val_batches),
+                cadence=Cadence(
+                    val_check_interval=args.val_check_interval,
+                    check_val_every_n_epoch=args.check_val_every_n_epoch,
+                    log_every_n_steps=args.log_every_n_steps,
+                    val_loop=EvaluationLoop("validate", args.limit_val_batches),
+                ),
             ),
         )
         self.validate_loop = EvaluationLoop("validate", args.limit_val_batches)
@@ -125,7 +134,6 @@ class Trainer:
         self.predict_loop = PredictionLoop()
         self.logs = LogBuffer(self.loggers, reduce=self.strategy.reduce)
         self.module: TaskModule[Any] | None = None
-        self.optimizer: Optimizer | None = None
         self.train_dataloader: DataLoader[Any] | None = None
         self.val_dataloader: DataLoader[Any] | None = None
         self._optim: OptimizerSetup | None = None
@@ -167,15 +175,33 @@ class Trainer:
 
     @property
     def samples_seen(self) -> int:
-        return self.fit_loop.epoch_loop.accumulation.samples_seen.value
+        """Training samples seen on this rank, over the whole run (resumes included)."""
+        return self.totals.samples.value
 
     @property
     def items_seen(self) -> int:
-        return self.fit_loop.epoch_loop.accumulation.items_seen.value
+        """Loss items (``count_items``) seen on this rank, over the whole run."""
+        return self.totals.items.value
 
     @property
     def counts_items(self) -> bool:
-        return self.module is not None and self.fit_loop.epoch_loop.accumulation.counts_items(self.module)
+        """Whether the module defines ``count_items``."""
+        return self.module is not None and is_overridden("count_items", self.module, parent=TaskModule)
+
+    @property
+    def optimizers(self) -> list[Optimizer]:
+        """The optimizers of the current (or last) fit, in ``configure_optimizers`` order."""
+        return [] if self._optim is None else [self._optim.optimizer]
+
+    @property
+    def optimizer(self) -> Optimizer | None:
+        """The first optimizer (None before ``fit``)."""
+        return self.optimizers[0] if self.optimizers else None
+
+    @property
+    def lr_scheduler_configs(self) -> list[SchedulerConfig]:
+        """The LR schedulers of the current (or last) fit, with when they step."""
+        return [] if self._optim is None or self._optim.scheduler is None else [self._optim.scheduler]
 
     # -- entry points ----------------------------------------------------------------------------
     def fit(
@@ -207,9 +233,10 @@ class Trainer:
             self.val_dataloader = self.strategy.process_dataloader(val, seed) if val is not None else None
             self._optim = parse_optimizers(module.configure_optimizers())
             self._optim.optimizer = self.strategy.setup_optimizer(self._optim.optimizer)
-            self.optimizer = self._optim.optimizer
             if ckpt_path is not None:
-                restore_trainer_checkpoint(self, resolve_ckpt_path(ckpt_path, self.default_root_dir))
+                path = resolve_ckpt_path(ckpt_path, self.default_root_dir)
+                saved = manager.load(path, self._states(), module, self.optimizers, self.strategy)
+                self._call("on_load_checkpoint", saved)
             for logger in self.loggers:
                 logger.log_hyperparams(dict(module.hparams))
             ctx = self._context(module)
@@ -275,17 +302,53 @@ class Trainer:
         Example:
             >>> trainer.save_checkpoint("runs/checkpoints/manual")  # doctest: +SKIP
         """
-        self._require_module("save_checkpoint")
-        save_trainer_checkpoint(self, path, max_shard_bytes)
+        module = self._require_module("save_checkpoint")
+        metadata = {
+            "global_step": self.state.global_step,
+            "epoch": self.state.epoch,
+            "hparams": dict(module.hparams),
+        }
+        manager.save(
+            path,
+            self._states(),
+            module,
+            self.optimizers,
+            self.strategy,
+            metadata,
+            on_save=lambda checkpoint: self._call("on_save_checkpoint", checkpoint),
+            max_shard_bytes=max_shard_bytes,
+        )
 
     # -- internals -------------------------------------------------------------------------------
+    def _states(self) -> dict[str, Stateful]:
+        """Everything that resumes, by the name it has in checkpoints (pinned by tests/checkpoint/test_golden.py).
+
+        The RNGs come last: loading the others draws nothing, so they continue from the saved point.
+        """
+        states: dict[str, Stateful] = {
+            "trainer": self.state,
+            "fit_loop": self.fit_loop,
+            "totals": self.totals,
+            "logs": self.logs,
+            "precision": self.strategy.precision,
+        }
+        states.update({f"lr_scheduler.{i}": c.scheduler for i, c in enumerate(self.lr_scheduler_configs)})
+        states.update({f"callbacks.{cb.state_key}": cb for cb in self.callbacks})
+        if isinstance(self.train_dataloader, Stateful):  # e.g. torchdata's StatefulDataLoader
+            states["train_dataloader"] = self.train_dataloader
+        states["rng"] = ProcessRng(lambda: sampler_generator(self.train_dataloader))
+        return states
+
     def _adopt_worker_result(self, module: TaskModule[Any], payload: dict[str, Any]) -> FitResult:
-        """Make this (launching) process look as if it had run the fit: weights, state, metrics."""
-        module.load_state_dict(payload["weights"])
+        """Make this (launching) process hold what rank 0 held after the fit: weights, optimizer and
+        scheduler state, loops, callbacks, metrics (not its RNGs or data position)."""
         self.module = module
-        self.state.load_state_dict(payload["state"])
-        self.fit_loop.load_state_dict(payload["fit_loop"])
-        self.logs.callback_metrics.update(payload["callback_metrics"])
+        self._optim = parse_optimizers(module.configure_optimizers())
+        model = ModelState(payload["model"]["weights"], payload["model"]["optimizers"])
+        SingleDevice("cpu").set_state(module, self.optimizers, model)  # full tensors into a plain module
+        for name, state in self._states().items():
+            if name in payload["states"] and name not in ("rng", "train_dataloader"):
+                state.load_state_dict(payload["states"][name])
         return FitResult(**payload["result"])
 
     @contextmanager
@@ -333,6 +396,7 @@ class Trainer:
             hooks=self.hooks,
             state=self.state,
             logs=self.logs,
+            totals=self.totals,
             optim=self._optim,
             train_dataloader=self.train_dataloader,
             val_dataloader=self.val_dataloader,
@@ -373,15 +437,14 @@ class Trainer:
         metrics["train_steps_per_second"] = steps / runtime if runtime > 0 else 0.0
         if self.counts_items:
             metrics["train_tokens_per_second"] = items / runtime if runtime > 0 else 0.0
-        train_loss = global_mean(
-            self._context(self._require_module("fit")), self.fit_loop.epoch_loop.losses.mean
-        )
+        train_loss = global_mean(self.strategy, self.totals.losses.mean)
         metrics["train_loss"] = train_loss
         return FitResult(global_step=self.state.global_step, train_loss=train_loss, metrics=metrics)
 
     def _load_weights(self, ckpt_path: str | None) -> None:
         if ckpt_path is not None:
-            restore_weights(self, resolve_ckpt_path(ckpt_path, self.default_root_dir))
+            path = resolve_ckpt_path(ckpt_path, self.default_root_dir)
+            manager.load_weights(path, self._require_module("load weights"), self.strategy)
 
     def _call(self, hook: str, *args: Any) -> None:
         self.hooks.call(hook, *args)
@@ -402,17 +465,16 @@ def _fit_in_worker(
     """One rank's fit, started by :func:`~tasktrain.strategies.launcher.spawn`; returns plain data."""
     try:
         result = trainer.fit(module, train_dataloaders, val_dataloaders, ckpt_path)
-        weights = {k: v.detach().cpu() for k, v in trainer.strategy.module_state_dict(module).items()}
+        model = trainer.strategy.get_state(module, trainer.optimizers, sharded=False)  # every rank gathers
+        assert model is not None
         return {
             "result": {
                 "global_step": result.global_step,
                 "train_loss": result.train_loss,
                 "metrics": result.metrics,
             },
-            "weights": weights,
-            "state": trainer.state.state_dict(),
-            "fit_loop": trainer.fit_loop.state_dict(),
-            "callback_metrics": dict(trainer.callback_metrics),
+            "model": {"weights": model.model, "optimizers": model.optimizers},  # plain data for the launcher
+            "states": {name: state.state_dict() for name, state in trainer._states().items()},
         }
     finally:
         trainer.strategy.teardown()
@@ -453,9 +515,7 @@ def _build_strategy(args: TrainerArgs) -> Strategy:
         return TensorParallel(devices, args.accelerator, precision)
     from tasktrain.strategies.deepspeed import DeepSpeed
 
-    strategy = DeepSpeed(devices, args.accelerator, precision, stage=DEEPSPEED_STAGES[name])
-    strategy.configure(args.accumulate_grad_batches, args.gradient_clip_val, args.gradient_clip_algorithm)
-    return strategy
+    return DeepSpeed(devices, args.accelerator, precision, stage=DEEPSPEED_STAGES[name])
 
 
 def _adopt_strategy(args: TrainerArgs) -> Strategy:
@@ -469,9 +529,6 @@ def _adopt_strategy(args: TrainerArgs) -> Strategy:
             f"Trainer(precision={args.precision!r}) conflicts with the strategy's own precision plugin "
             f"{strategy.precision.name!r}; give precision in one place"
         )
-    configure = getattr(strategy, "configure", None)  # strategies that carry Trainer settings (DeepSpeed)
-    if callable(configure):
-        configure(args.accumulate_grad_batches, args.gradient_clip_val, args.gradient_clip_algorithm)
     return strategy
 
 

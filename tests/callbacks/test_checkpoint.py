@@ -289,7 +289,7 @@ def test_a_resumed_run_deletes_the_checkpoint_it_resumed_from_when_it_falls_out(
 def test_state_dict_is_json_and_round_trips(tmp_path):
     ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), monitor="val/score", keep_last=2)
     _fit(tmp_path, ckpt, scores=[2, 1, 3], max_epochs=3)
-    state = read_state(ckpt.last)["callbacks"]["ModelCheckpoint"]
+    state = read_state(ckpt.last)["states"]["callbacks.ModelCheckpoint"]
     assert 6 in [e["step"] for e in state["saved"]]  # a checkpoint knows it was saved
     fresh = ModelCheckpoint(monitor="val/score")
     fresh.load_state_dict(ckpt.state_dict())

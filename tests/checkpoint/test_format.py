@@ -67,8 +67,7 @@ def test_trainer_save_checkpoint_writes_the_three_files(tmp_path: Path):
     assert state["format_version"] == FORMAT_VERSION
     assert state["global_step"] == 2 and state["epoch"] == 0
     assert state["hparams"] == {"vocab": 11, "dim": 4}
-    assert "fit_loop" in state["loops"]
-    assert "epoch_progress" in state["loops"]["fit_loop"]
+    assert "epoch_progress" in state["states"]["fit_loop"]
     assert state["versions"]["torch"] == torch.__version__
     assert read_state(str(path))["global_step"] == 2
 
@@ -81,10 +80,11 @@ def test_optimizer_state_loads_with_weights_only(tmp_path: Path):
     # Keyed by parameter name, not position, so the state loads under any strategy.
     names = [name for name, _ in trainer.module.named_parameters()]
     groups = [{**group, "params": [names[i] for i in group["params"]]} for group in expected["param_groups"]]
-    assert loaded["optimizer"]["param_groups"] == groups
+    (saved,) = loaded["optimizers"]  # one state per optimizer, by position
+    assert saved["param_groups"] == groups
     for pid, pstate in expected["state"].items():
-        torch.testing.assert_close(loaded["optimizer"]["state"][names[pid]]["exp_avg"], pstate["exp_avg"])
-    assert loaded["scheduler"]["last_epoch"] == 1
+        torch.testing.assert_close(saved["state"][names[pid]]["exp_avg"], pstate["exp_avg"])
+    assert read_state(str(tmp_path / "ckpt"))["states"]["lr_scheduler.0"]["last_epoch"] == 1
 
 
 def test_tied_weights_are_stored_once_and_round_trip(tmp_path: Path):
@@ -107,7 +107,7 @@ def test_tied_weights_are_stored_once_and_round_trip(tmp_path: Path):
 
 def test_save_and_read_on_a_memory_url():
     url = f"memory://ckpt-{uuid.uuid4().hex}/step=3"
-    save_checkpoint(url, _weights(), {"optimizer": {"state": {}, "param_groups": []}}, {"global_step": 3})
+    save_checkpoint(url, _weights(), [{"state": {}, "param_groups": []}], {"global_step": 3})
     weights = read_weights(url)
     assert set(weights) == {"a", "b"}
     torch.testing.assert_close(weights["a"], _weights()["a"])
@@ -117,15 +117,15 @@ def test_save_and_read_on_a_memory_url():
 
 def test_save_overwrites_an_existing_checkpoint(tmp_path: Path):
     path = str(tmp_path / "ckpt")
-    save_checkpoint(path, _weights(), {}, {"global_step": 1})
-    save_checkpoint(path, {"a": torch.zeros(1)}, {}, {"global_step": 2})
+    save_checkpoint(path, _weights(), [], {"global_step": 1})
+    save_checkpoint(path, {"a": torch.zeros(1)}, [], {"global_step": 2})
     assert set(read_weights(path)) == {"a"}
     assert read_state(path)["global_step"] == 2
 
 
 def test_missing_files_name_the_file(tmp_path: Path):
     path = tmp_path / "ckpt"
-    save_checkpoint(str(path), _weights(), {}, {"global_step": 1})
+    save_checkpoint(str(path), _weights(), [], {"global_step": 1})
     (path / WEIGHTS).unlink()
     with pytest.raises(FileNotFoundError, match=WEIGHTS):
         read_weights(str(path))
@@ -138,11 +138,11 @@ def test_missing_files_name_the_file(tmp_path: Path):
 
 def test_corrupted_safetensors_names_the_file(tmp_path: Path):
     path = tmp_path / "ckpt"
-    save_checkpoint(str(path), _weights(), {}, {"global_step": 1})
+    save_checkpoint(str(path), _weights(), [], {"global_step": 1})
     (path / WEIGHTS).write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")
     with pytest.raises(ValueError, match=WEIGHTS):
         read_weights(str(path))
-    save_checkpoint(str(tmp_path / "trunc"), _weights(), {}, {"global_step": 1})
+    save_checkpoint(str(tmp_path / "trunc"), _weights(), [], {"global_step": 1})
     full = (tmp_path / "trunc" / WEIGHTS).read_bytes()
     (tmp_path / "trunc" / WEIGHTS).write_bytes(full[: len(full) // 2])  # truncated
     with pytest.raises(ValueError, match=WEIGHTS):
@@ -151,16 +151,16 @@ def test_corrupted_safetensors_names_the_file(tmp_path: Path):
 
 def test_corrupted_state_json_names_the_file(tmp_path: Path):
     path = tmp_path / "ckpt"
-    save_checkpoint(str(path), _weights(), {}, {"global_step": 1})
+    save_checkpoint(str(path), _weights(), [], {"global_step": 1})
     (path / STATE).write_text("{not json")
     with pytest.raises(ValueError, match=STATE):
         read_state(str(path))
 
 
-@pytest.mark.parametrize("version", [0, 2, None, "1"])
+@pytest.mark.parametrize("version", [0, 3, None, "1"])
 def test_wrong_format_version_names_the_file_and_versions(tmp_path: Path, version: Any):
     path = tmp_path / "ckpt"
-    save_checkpoint(str(path), _weights(), {}, {"global_step": 1})
+    save_checkpoint(str(path), _weights(), [], {"global_step": 1})
     state = json.loads((path / STATE).read_text())
     if version is None:
         del state["format_version"]
@@ -207,7 +207,7 @@ def test_consolidate_merges_weight_shards_into_one_file(tmp_path: Path):
     weights = _weights()
     weights["tied"] = weights["a"]
     src = str(tmp_path / "ckpt")
-    save_checkpoint(src, weights, {}, {"global_step": 0}, max_shard_bytes=16)  # one tensor per shard
+    save_checkpoint(src, weights, [], {"global_step": 0}, max_shard_bytes=16)  # one tensor per shard
     assert (tmp_path / "ckpt" / "model.safetensors.index.json").exists()
     consolidate(src, str(tmp_path / "out" / "model.safetensors"))
     merged = load_file(tmp_path / "out" / "model.safetensors")

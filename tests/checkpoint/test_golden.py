@@ -12,29 +12,30 @@ from torch.utils.data import DataLoader, TensorDataset
 import tasktrain as tt
 from tasktrain.checkpoint.format import FORMAT_VERSION
 
-FILES = {"manifest.json", "model.safetensors", "optimizer.pt", "rng.safetensors", "trainer_state.json"}
-STATE_KEYS = {
-    "format_version",
-    "global_step",
-    "epoch",
-    "loops",
-    "callbacks",
-    "callback_metrics",
-    "hparams",
-    "versions",
-    "strategy",
+FILES = {"manifest.json", "model.safetensors", "optimizer.pt", "states.safetensors", "trainer_state.json"}
+STATE_KEYS = {"format_version", "global_step", "epoch", "hparams", "versions", "strategy", "states"}
+#: The names of the Trainer's Stateful parts, as checkpoints store them.
+STATES = {
+    "trainer",
+    "fit_loop",
+    "totals",
+    "logs",
+    "precision",
+    "lr_scheduler.0",
+    "callbacks.ModelCheckpoint",
+    "callbacks.Preemption",
+    "rng",
 }
 LOOP_KEYS = {
+    "epoch_progress",
+    "epoch_loop.batch_progress",
+    "epoch_loop.exhausted",
+    "epoch_loop.epoch_start_rng",
     "epoch_loop.accumulation.progress",
-    "epoch_loop.accumulation.samples_seen",
-    "epoch_loop.accumulation.items_seen",
     "epoch_loop.optimization.progress",
     "epoch_loop.optimization.skipped",
-    "epoch_loop.val_loop.batch_progress",
-    "epoch_loop.batch_progress",
-    "epoch_loop.losses",
-    "epoch_loop.last_val_step",
-    "epoch_progress",
+    "epoch_loop.cadence.val_loop.batch_progress",
+    "epoch_loop.cadence.last_val_step",
 }
 
 
@@ -66,21 +67,26 @@ def test_a_checkpoint_directory_holds_exactly_the_documented_files_and_keys(tmp_
 
     state = json.loads((ckpt / "trainer_state.json").read_text())  # strict JSON: no NaN or Infinity
     assert set(state) == STATE_KEYS
-    assert state["format_version"] == FORMAT_VERSION == 1
-    assert set(state["loops"]) == {"fit_loop"} and set(state["loops"]["fit_loop"]) == LOOP_KEYS
+    assert state["format_version"] == FORMAT_VERSION == 2
+    assert state["global_step"] == 3 and state["epoch"] == 0
+    assert set(state["states"]) == STATES
+    assert set(state["states"]["fit_loop"]) == LOOP_KEYS
+    assert state["states"]["trainer"] == {"global_step": 3, "epoch": 0}
+    assert set(state["states"]["totals"]) == {"samples", "items", "losses"}
+    assert set(state["states"]["rng"]["torch_cpu"]) == {"__tensor__"}  # tensors live in states.safetensors
     assert state["hparams"] == {"hidden": 3}
     assert state["strategy"] == {"name": "single", "world_size": 1}
     assert set(state["versions"]) == {"tasktrain", "torch"}
-    assert set(state["callbacks"]) == {"ModelCheckpoint", "Preemption"}
 
     with safe_open(str(ckpt / "model.safetensors"), framework="pt") as f:
         assert set(f.keys()) == {"net.weight", "net.bias"}
         assert set(f.metadata()) == {"tasktrain.aliases", "format"}
 
     optimizer = torch.load(ckpt / "optimizer.pt", weights_only=True)
-    assert set(optimizer) == {"optimizer", "scheduler", "precision"}
-    assert set(optimizer["optimizer"]["state"]) == {"net.weight", "net.bias"}  # keyed by parameter name
+    assert set(optimizer) == {"optimizers"}
+    (adamw,) = optimizer["optimizers"]
+    assert set(adamw["state"]) == {"net.weight", "net.bias"}  # keyed by parameter name
 
-    with safe_open(str(ckpt / "rng.safetensors"), framework="pt") as f:
-        assert json.loads(f.metadata()["layout"]) == [["step", "epoch_start"]]  # one entry per rank
-        assert {"0.step.torch_cpu", "0.epoch_start.torch_cpu"} <= set(f.keys())
+    with safe_open(str(ckpt / "states.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()["rank_states"]) == {}  # one rank: nothing differs from rank 0
+        assert all(key.startswith("0.") for key in f.keys())  # noqa: SIM118  (safe_open has no __iter__) rank 0's tensors: RNG snapshots

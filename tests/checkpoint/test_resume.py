@@ -462,12 +462,12 @@ def test_last_with_nothing_saved_is_a_file_not_found_error(tmp_path):
 def test_the_saved_state_is_readable_json(saved):
     state = read_state(str(saved))
     assert state["global_step"] == 4
-    assert state["format_version"] == 1
+    assert state["format_version"] == 2
     assert state["hparams"] == {"hidden": 16, "blowup_step": None}
     assert state["strategy"] == {"name": "single", "world_size": 1}
     assert {"tasktrain", "torch"} <= set(state["versions"])
     files = json.loads((saved / "manifest.json").read_text())["files"]
-    assert set(files) == {"model.safetensors", "optimizer.pt", "rng.safetensors", "trainer_state.json"}
+    assert set(files) == {"model.safetensors", "optimizer.pt", "states.safetensors", "trainer_state.json"}
     assert all(os.path.getsize(saved / name) == size for name, size in files.items())
 
 
@@ -512,7 +512,7 @@ def test_a_loader_with_its_own_state_resumes_itself_without_reading_seen_batches
     full, _ = run(str(tmp_path / "full"), 10)
     run(str(tmp_path / "split"), 3)  # stops mid-epoch: 6 of 13 batches read
     state = read_state(find_last(str(tmp_path / "split")))
-    assert state["dataloader"] == {"position": 6}
+    assert state["states"]["train_dataloader"] == {"position": 6}
     resumed, loader = run(str(tmp_path / "split"), 10, ckpt_path="last")
     assert loader.fetched == 13 - 6 + 6  # the rest of epoch 1, then 6 batches of epoch 2: none re-read
     for a, b in zip(full.parameters(), resumed.parameters(), strict=True):

@@ -224,9 +224,9 @@ class CountingDDP(DDP):
         self.optimizer_steps = 0
         self.reduce_calls = 0
 
-    def reduce(self, tensor: Tensor, op: str = "mean") -> Tensor:
+    def reduce(self, tensor: Tensor, op: str = "mean", data_parallel: bool = False) -> Tensor:
         self.reduce_calls += 1
-        return super().reduce(tensor, op)
+        return super().reduce(tensor, op, data_parallel)
 
     def backward(self, loss: Tensor) -> None:
         self.backward_calls += 1
@@ -324,7 +324,7 @@ class GradSyncProbe(Callback):
 
     def on_after_backward(self, trainer, module):
         grads = torch.cat([p.grad.reshape(-1) for p in module.parameters()])
-        gathered = trainer.strategy.all_gather(grads)
+        gathered = _gather(grads)
         self.in_sync.append(all(torch.equal(gathered[0], g) for g in gathered[1:]))
 
 
@@ -347,7 +347,9 @@ def _strategy(kind: str, **kwargs: Any) -> Strategy:
 
 def _full_weights(trainer: tt.Trainer, module: nn.Module) -> dict[str, Tensor]:
     """Full weights on rank 0 (a collective under FSDP: every rank must call it)."""
-    return {k: v.detach().cpu().clone() for k, v in trainer.strategy.module_state_dict(module).items()}
+    state = trainer.strategy.get_state(module, sharded=False)
+    assert state is not None
+    return {k: v.detach().cpu().clone() for k, v in state.model.items()}
 
 
 def _gather(obj: Any) -> list[Any]:
@@ -517,7 +519,7 @@ def resume(
         assert trainer.optimizer is not None
         return {
             "weights": _full_weights(trainer, module),
-            "optimizer": trainer.strategy.optimizer_state_dict(module, trainer.optimizer),
+            "optimizer": trainer.strategy.get_state(module, trainer.optimizers, sharded=False).optimizers[0],
             "global_step": trainer.state.global_step,
             "epoch": trainer.state.epoch,
         }

@@ -6,6 +6,8 @@ user-supplied strategy objects.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import _dist_checks as checks
 import _dist_workers as workers
 import pytest
@@ -199,3 +201,70 @@ def test_sigterm_to_the_launching_process_checkpoints_every_rank_and_exits_99(tm
     assert done.returncode == EXIT_PREEMPTED, done.stderr.decode()[-3000:]
     last = find_last(str(tmp_path / "run"))
     assert last is not None and read_state(last)["global_step"] >= 2  # the step that sent it, or the next
+
+
+class _Scheduled(workers.ItemNet):
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.parameters(), lr=1e-2)
+        return opt, {"scheduler": torch.optim.lr_scheduler.StepLR(opt, 2, 0.5), "interval": "step"}
+
+
+def _observable(trainer: tt.Trainer, root) -> dict:
+    """What a user reads off the Trainer after fit, with checkpoint paths relative to the run's root."""
+    (ckpt,) = [cb for cb in trainer.callbacks if isinstance(cb, tt.callbacks.ModelCheckpoint)]
+    return {
+        "state": trainer.state.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.lr_scheduler_configs[0].scheduler.state_dict(),
+        "best": str(Path(ckpt.best_model_path).relative_to(root)),
+        "last": str(Path(ckpt.last_model_path).relative_to(root)),
+        "saved": [{**e, "path": str(Path(e["path"]).relative_to(root))} for e in ckpt.saved],
+        "callback_metrics": dict(trainer.callback_metrics),
+        "fit_loop": trainer.fit_loop.state_dict(),
+    }
+
+
+def test_after_fit_with_two_devices_the_trainer_holds_what_one_device_leaves(tmp_path):
+    """devices=2 (DDP, half of every batch per rank) and devices=1 (whole batches) train alike, and
+    the launching process then holds the same state: optimizer, scheduler, callbacks, metrics."""
+    observed = {}
+    for devices in (1, 2):
+        torch.manual_seed(0)
+        root = tmp_path / f"devices{devices}"
+        trainer = tt.Trainer(
+            strategy="ddp" if devices > 1 else "auto",
+            devices=devices,
+            accelerator="cpu",
+            max_steps=6,
+            accumulate_grad_batches=workers.ACCUMULATE,
+            log_every_n_steps=1,
+            callbacks=[
+                tt.callbacks.ModelCheckpoint(monitor="train/loss", every_n_train_steps=2, keep_last=2)
+            ],
+            logger=False,
+            enable_progress_bar=False,
+            default_root_dir=root,
+        )
+        loader = DataLoader(workers.item_data(), batch_size=workers.PER_RANK_BATCH * (3 - devices))
+        trainer.fit(_Scheduled(optimizer="adamw"), loader)
+        observed[devices] = _observable(trainer, root)
+
+    one, two = observed[1], observed[2]
+    assert two["state"] == one["state"] == {"global_step": 6, "epoch": 1}
+    assert two["best"] == one["best"] and two["last"] == one["last"] == "checkpoints/step=00000006"
+    assert [e["path"] for e in two["saved"]] == [e["path"] for e in one["saved"]]
+    assert [e["score"] for e in two["saved"]] == pytest.approx([e["score"] for e in one["saved"]], abs=1e-6)
+    assert two["scheduler"] == one["scheduler"]
+    assert two["optimizer"]["param_groups"] == one["optimizer"]["param_groups"]
+    for index, state in one["optimizer"]["state"].items():
+        for key, value in state.items():
+            torch.testing.assert_close(two["optimizer"]["state"][index][key], value, atol=1e-6, rtol=0)
+    assert two["callback_metrics"].keys() == one["callback_metrics"].keys()
+    assert two["callback_metrics"] == pytest.approx(one["callback_metrics"], abs=1e-6)
+    # Loaded loop progress forgets work that began but did not complete (as on any resume): compare what completed.
+    done = {
+        k: v["total"]["completed"] for k, v in one["fit_loop"].items() if isinstance(v, dict) and "total" in v
+    }
+    assert done == {
+        k: v["total"]["completed"] for k, v in two["fit_loop"].items() if isinstance(v, dict) and "total" in v
+    }

@@ -104,6 +104,23 @@ class ModelCheckpoint(Callback):
         """The path of the newest checkpoint this callback saved."""
         return self.saved[-1]["path"] if self.saved else None
 
+    @property
+    def last_model_path(self) -> str:
+        """:attr:`last` under Lightning's name ("" when nothing was saved)."""
+        return self.last or ""
+
+    @property
+    def best_model_path(self) -> str:
+        """The path of the best checkpoint by ``monitor`` ("" when there is none)."""
+        best = self.best
+        return best["path"] if best is not None else ""
+
+    @property
+    def best_model_score(self) -> float | None:
+        """The ``monitor`` value of the best checkpoint."""
+        best = self.best
+        return best["score"] if best is not None else None
+
     # -- when to save ----------------------------------------------------------------------------
     @override
     def on_train_start(self, trainer: Trainer, module: TaskModule[Any]) -> None:

@@ -7,12 +7,18 @@
         (or model-00001-of-00003.safetensors ... + model.safetensors.index.json when split)
         (or sharded/ .metadata __0_0.distcp __1_0.distcp ...: model and optimizer state as
          per-rank torch.distributed.checkpoint shards, from FSDP / tensor parallel; see sharded.py)
-        optimizer.pt                      optimizer (unless sharded), scheduler and precision-scaler
-                                          state; loaded with torch.load(weights_only=True)
-        rng.safetensors                   RNG state of every rank (tensors + JSON metadata)
-        trainer_state.json                step, epoch, loop progress, callback states, hparams,
-                                          versions, strategy and world size
+        optimizer.pt                      the state of every optimizer, by position (unless sharded);
+                                          loaded with torch.load(weights_only=True)
+        trainer_state.json                step, epoch, hparams, versions, strategy and world size, and
+                                          "states": every Stateful's state_dict() by name (loops,
+                                          schedulers, precision, callbacks, dataloader, RNG...) as JSON
+        states.safetensors                the tensors those states hold, and the states of ranks > 0
+                                          where they differ from rank 0's (see checkpoint/codec.py)
         manifest.json                     written last: the file list with sizes (see storage.py)
+
+Format version 1 (before the states mapping) kept scheduler and precision state in
+``optimizer.pt``, per-rank RNG snapshots in ``rng.safetensors`` and a fixed set of keys in
+``trainer_state.json``; :mod:`tasktrain.checkpoint.legacy` reads it.
 """
 
 from __future__ import annotations
@@ -40,11 +46,13 @@ from tasktrain.rng import RngState
 if TYPE_CHECKING:
     from tasktrain.module import TaskModule
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 OPTIMIZER = "optimizer.pt"
-RNG = "rng.safetensors"
+STATES = "states.safetensors"
+RNG = "rng.safetensors"  # format_version 1
 STATE = "trainer_state.json"
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 
@@ -54,19 +62,22 @@ M = TypeVar("M", bound="TaskModule[Any]")
 def save_checkpoint(
     path: str,
     weights: Mapping[str, Tensor],
-    optimizer_state: Mapping[str, Any],
-    trainer_state: Mapping[str, Any],
-    rng: Sequence[Mapping[str, RngState]] = (),
+    optimizers: Sequence[Mapping[str, Any]] = (),
+    trainer_state: Mapping[str, Any] | None = None,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
 ) -> None:
-    """Write a checkpoint directory at ``path`` (local path or fsspec URL); it appears atomically.
+    """Write a checkpoint directory of ``weights`` (and optimizer states) at ``path``; it appears atomically.
 
-    Args:
-        rng: per rank, named RNG snapshots (e.g. ``{"step": ..., "epoch_start": ...}``).
-        max_shard_bytes: weights above this size are split into several safetensors files.
+    The Trainer saves whole runs with :mod:`tasktrain.checkpoint.manager`; this writes just weights.
+
+    Example:
+        >>> save_checkpoint("memory://ckpt/step=1", {"w": torch.zeros(2)}, trainer_state={"global_step": 1})
     """
+    trainer_state = dict(trainer_state or {})
     with open_checkpoint(path, trainer_state) as writer:
-        write_checkpoint(writer, weights, optimizer_state, trainer_state, rng, max_shard_bytes)
+        write_checkpoint(
+            writer, weights, optimizers, {"states": {}, **trainer_state}, {}, {}, max_shard_bytes
+        )
 
 
 def open_checkpoint(path: str, trainer_state: Mapping[str, Any]) -> CheckpointWriter:
@@ -78,17 +89,20 @@ def open_checkpoint(path: str, trainer_state: Mapping[str, Any]) -> CheckpointWr
 def write_checkpoint(
     writer: CheckpointWriter,
     weights: Mapping[str, Tensor] | None,
-    optimizer_state: Mapping[str, Any],
+    optimizers: Sequence[Mapping[str, Any]],
     trainer_state: Mapping[str, Any],
-    rng: Sequence[Mapping[str, RngState]] = (),
+    state_tensors: Mapping[str, Tensor],
+    state_metadata: Mapping[str, str],
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
 ) -> None:
-    """Write the files of :func:`save_checkpoint` into ``writer`` (``weights`` None: they are sharded)."""
+    """Write the files of a checkpoint into ``writer`` (``weights`` None: they are sharded)."""
     if weights is not None:
         _write_weights(writer, weights, max_shard_bytes)
-    writer.write_with(OPTIMIZER, lambda f: torch.save(dict(optimizer_state), f))
-    if rng:
-        writer.write_bytes(RNG, _rng_bytes(rng))
+    if optimizers:
+        writer.write_with(OPTIMIZER, lambda f: torch.save({"optimizers": [dict(o) for o in optimizers]}, f))
+    buffer = io.BytesIO()
+    write_safetensors(buffer, dict(state_tensors), dict(state_metadata))
+    writer.write_bytes(STATES, buffer.getvalue())
     state = {"format_version": FORMAT_VERSION, **trainer_state}
     writer.write_bytes(STATE, _strict_json(state, writer.path).encode())
 
@@ -100,10 +114,10 @@ def read_state(path: str) -> dict[str, Any]:
         state: dict[str, Any] = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path}/{STATE} is not valid JSON ({err}); the checkpoint is corrupt") from err
-    if state.get("format_version") != FORMAT_VERSION:
+    if state.get("format_version") not in READABLE_VERSIONS:
         raise CheckpointError(
             f"{path}/{STATE}: checkpoint format version {state.get('format_version')!r}; "
-            f"this tasktrain reads version {FORMAT_VERSION}"
+            f"this tasktrain reads versions {list(READABLE_VERSIONS)}"
         )
     return state
 
@@ -130,7 +144,9 @@ def read_weights(path: str) -> dict[str, Tensor]:
 
 
 def read_optimizer_state(path: str) -> dict[str, Any]:
-    """The optimizer/scheduler/precision state, loaded with ``weights_only=True`` (no code runs)."""
+    """The contents of ``optimizer.pt``, loaded with ``weights_only=True`` (no code runs); {} if absent."""
+    if not _exists(path, OPTIMIZER):
+        return {}
     data = _read(path, OPTIMIZER)
     try:
         state: dict[str, Any] = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
@@ -142,10 +158,16 @@ def read_optimizer_state(path: str) -> dict[str, Any]:
     return state
 
 
+def read_state_tensors(path: str) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The tensors of the saved states and the file's metadata (empty when there is no such file)."""
+    if not _exists(path, STATES):
+        return {}, {}
+    return _load_safetensors(path, STATES)
+
+
 def read_rng(path: str) -> list[dict[str, RngState]]:
-    """Per rank, the named RNG snapshots saved in the checkpoint (empty if none were saved)."""
-    fs, root = url_to_fs(path)
-    if not fs.exists(f"{root.rstrip('/')}/{RNG}"):
+    """Per rank, the named RNG snapshots of a format_version 1 checkpoint (empty if none were saved)."""
+    if not _exists(path, RNG):
         return []
     tensors, metadata = _load_safetensors(path, RNG)
     layout: list[list[str]] = json.loads(metadata["layout"])
@@ -291,21 +313,12 @@ def _strict_json(state: Mapping[str, Any], path: str) -> str:
         ) from err
 
 
-# -- rng -----------------------------------------------------------------------------------------
-def _rng_bytes(per_rank: Sequence[Mapping[str, RngState]]) -> bytes:
-    tensors: dict[str, Tensor] = {}
-    metadata: dict[str, str] = {"layout": json.dumps([list(states) for states in per_rank])}
-    for rank, states in enumerate(per_rank):
-        for name, state in states.items():
-            t, m = state.to_tensors(f"{rank}.{name}.")
-            tensors.update(t)
-            metadata.update(m)
-    buffer = io.BytesIO()
-    write_safetensors(buffer, tensors, metadata)
-    return buffer.getvalue()
-
-
 # -- reading files -------------------------------------------------------------------------------
+def _exists(path: str, name: str) -> bool:
+    fs, root = url_to_fs(path)
+    return bool(fs.exists(f"{root.rstrip('/')}/{name}"))
+
+
 def _read(path: str, name: str) -> bytes:
     fs, root = url_to_fs(path)
     file = f"{root.rstrip('/')}/{name}"

@@ -28,7 +28,7 @@ def export_main(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)  # usage errors: argparse's message, exit status 2
     from tasktrain.checkpoint import consolidate
-    from tasktrain.checkpoint.resume import resolve_ckpt_path
+    from tasktrain.checkpoint.manager import resolve_ckpt_path
 
     try:
         source = resolve_ckpt_path(args.ckpt, args.root_dir)

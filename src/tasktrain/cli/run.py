@@ -196,7 +196,7 @@ def _call_args(kwargs: Mapping[str, Any]) -> str:
 def _check_ckpt_path(ckpt_path: str | None, trainer: Trainer) -> str | None:
     if ckpt_path is None:
         return None
-    from tasktrain.checkpoint.resume import resolve_ckpt_path
+    from tasktrain.checkpoint.manager import resolve_ckpt_path
 
     try:
         return resolve_ckpt_path(ckpt_path, trainer.default_root_dir)

@@ -6,6 +6,7 @@ Replace one by assigning it, e.g. ``trainer.fit_loop.epoch_loop = MyEpochLoop(..
 
 from tasktrain.loops.accumulation import AccumulationLoop, NonFiniteLossError
 from tasktrain.loops.base import Loop, LoopContext
+from tasktrain.loops.cadence import Cadence
 from tasktrain.loops.epoch import EpochLoop, steps_per_epoch
 from tasktrain.loops.evaluation import EvaluationLoop
 from tasktrain.loops.fit import FitLoop
@@ -16,6 +17,7 @@ from tasktrain.loops.prediction import PredictionLoop
 __all__ = [
     "HOOKS",
     "AccumulationLoop",
+    "Cadence",
     "EpochLoop",
     "EvaluationLoop",
     "FitLoop",

@@ -32,26 +32,6 @@ class NonFiniteLossError(FloatingPointError):
     """A training loss was NaN or infinite under ``on_nonfinite_loss="raise"``."""
 
 
-class ItemCounter:
-    """A running total that stays on the device until read, so counting never syncs per step."""
-
-    def __init__(self) -> None:
-        self._value: Any = 0  # an int, or a tensor once a count arrives as one
-
-    def add(self, amount: int | Tensor) -> None:
-        self._value = self._value + amount
-
-    @property
-    def value(self) -> int:
-        return int(self._value)  # one host sync when the total lives on a device
-
-    def state_dict(self) -> dict[str, int]:
-        return {"value": self.value}
-
-    def load_state_dict(self, state: Mapping[str, int]) -> None:
-        self._value = int(state["value"])
-
-
 class AccumulationLoop(Loop):
     """Run one accumulation group (``accumulate_grad_batches`` micro-batches, fewer at epoch end).
 
@@ -76,8 +56,6 @@ class AccumulationLoop(Loop):
             )
         self.on_nonfinite_loss = on_nonfinite_loss
         self.progress = Progress()  # one item per micro-batch; ``current`` is this group
-        self.samples_seen = ItemCounter()
-        self.items_seen = ItemCounter()
         self._counts_items_cache: tuple[TaskModule[Any], bool] | None = None
 
     def run(self, ctx: LoopContext, group: Sequence[tuple[int, Any]]) -> Tensor | None:
@@ -95,7 +73,7 @@ class AccumulationLoop(Loop):
         nonfinite = False
         for i, (batch_idx, batch) in enumerate(group):
             self.progress.start()
-            self.samples_seen.add(batch_size_of(batch))
+            ctx.totals.samples.add(batch_size_of(batch))
             if (
                 weights is not None and weights[i] is _NO_ITEMS
             ):  # nothing to learn; a mean over 0 items is NaN
@@ -104,8 +82,7 @@ class AccumulationLoop(Loop):
             ctx.logs.current_batch = batch  # epoch values logged in training_step are weighted by its size
             hooks.call("on_train_batch_start", batch, batch_idx)
             with strategy.no_backward_sync(i < last):
-                with strategy.autocast():
-                    outputs = strategy.forward_step(module.training_step, batch, batch_idx)
+                outputs = strategy.forward_step(module.training_step, batch, batch_idx)
                 loss = self._loss_of(outputs, ctx, i, len(group), batch_idx)
                 if not math.isfinite(loss.item()):  # host sync: one per micro-batch
                     nonfinite = True
@@ -133,15 +110,14 @@ class AccumulationLoop(Loop):
         ints = [n for n in map(_as_int, counts) if n is not None]
         if dp_size == 1 and len(ints) == len(counts):  # plain numbers: no tensor work, no sync
             total = sum(ints)
-            self.items_seen.add(total)
+            ctx.totals.items.add(total)
             return [n / total if n else _NO_ITEMS for n in ints]
         device = ctx.strategy.root_device
         local = torch.stack([torch.as_tensor(c, device=device).to(torch.int64).reshape(()) for c in counts])
         local_total = local.sum()
-        self.items_seen.add(local_total)
-        # The sum over all ranks counts each batch once per replica of it (tensor-parallel ranks
-        # share batches), hence dp / world. Gradients are averaged over the dp ranks, hence dp again.
-        global_total = ctx.strategy.reduce(local_total, "sum") * dp_size / ctx.strategy.world_size
+        ctx.totals.items.add(local_total)
+        # Gradients are averaged over the data-parallel ranks: a weight of dp * share undoes that.
+        global_total = ctx.strategy.reduce(local_total, "sum", data_parallel=True)
         return list((local * dp_size / global_total).float().unbind())
 
     def counts_items(self, module: TaskModule[Any]) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from tasktrain.optim import OptimizerSetup
     from tasktrain.state import TrainState
     from tasktrain.strategies.base import Strategy
+    from tasktrain.totals import TrainTotals
 
 
 @dataclass
@@ -27,6 +29,7 @@ class LoopContext:
     hooks: HookDispatcher
     state: TrainState
     logs: LogBuffer
+    totals: TrainTotals
     optim: OptimizerSetup | None = None
     train_dataloader: DataLoader[Any] | None = None
     val_dataloader: DataLoader[Any] | None = None
@@ -36,8 +39,9 @@ class Loop:
     """Base of every loop: ``state_dict()`` walks the object tree.
 
     A loop's state is every :class:`~tasktrain.state.Progress` (and every attribute with
-    ``state_dict``/``load_state_dict``) it holds, plus its child loops under dotted keys, all
-    plain JSON.
+    ``state_dict``/``load_state_dict``) it holds, plus its child loops under dotted keys. A loop
+    with more to resume (a position, an RNG snapshot) adds it in its own ``state_dict`` and
+    ``load_state_dict``: that is all a replaced loop needs to resume exactly.
 
     Example:
         >>> from tasktrain.loops import FitLoop
@@ -54,7 +58,7 @@ class Loop:
                 state[name] = value.state_dict()
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for name, value in vars(self).items():
             if isinstance(value, Loop):
                 prefix = f"{name}."

@@ -1,23 +1,20 @@
-"""``EpochLoop``: one pass over the training data, in accumulation groups, with validation cadence."""
+"""``EpochLoop``: one pass over the training data, in accumulation groups, resumable mid-epoch."""
 
 from __future__ import annotations
 
 import itertools
-import math
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
-
-import torch
-from torch import Tensor
 
 from tasktrain.data import sampler_generator, skip_batches
 from tasktrain.loops.accumulation import AccumulationLoop
 from tasktrain.loops.base import Loop, LoopContext
-from tasktrain.loops.evaluation import EvaluationLoop
-from tasktrain.loops.optimization import OptimizationStep, step_monitored_scheduler
+from tasktrain.loops.cadence import Cadence
+from tasktrain.loops.optimization import OptimizationStep
 from tasktrain.rng import RngState
 from tasktrain.state import Progress
+
+Group = list[tuple[int, Any]]  # (batch_idx, batch) of one optimizer step
 
 
 def steps_per_epoch(num_batches: int, accumulate_grad_batches: int) -> int:
@@ -51,77 +48,20 @@ def num_batches(dataloader: Iterable[Any], limit: int | float | None) -> int | N
     return int(length * limit)
 
 
-class LossTracker:
-    """Mean training loss per optimizer step, kept on the device and read only when logging."""
-
-    def __init__(self) -> None:
-        self._pending: list[Tensor] = []
-        self.total = 0.0
-        self.steps = 0
-        self._interval_total = 0.0
-        self._interval_steps = 0
-
-    def add(self, loss: Tensor) -> None:
-        self._pending.append(loss)
-
-    def interval_mean(self) -> float | None:
-        """Mean loss over the steps since the previous call (None if there were none)."""
-        self._fold()
-        if not self._interval_steps:
-            return None
-        mean = self._interval_total / self._interval_steps
-        self._interval_total, self._interval_steps = 0.0, 0
-        return mean
-
-    @property
-    def mean(self) -> float:
-        self._fold()
-        return self.total / self.steps if self.steps else math.nan
-
-    def state_dict(self) -> dict[str, Any]:
-        self._fold()
-        return {"total": self.total, "steps": self.steps}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._pending, self.total, self.steps = [], float(state["total"]), int(state["steps"])
-
-    def _fold(self) -> None:
-        if not self._pending:
-            return
-        total = float(torch.stack(self._pending).sum().item())  # host sync: once per logging interval
-        self.total += total
-        self._interval_total += total
-        self.steps += len(self._pending)
-        self._interval_steps += len(self._pending)
-        self._pending = []
-
-
-@dataclass
-class ResumePoint:
-    """Where a checkpoint left an epoch: how to put the data position and the RNGs back.
-
-    Args:
-        skip: micro-batches of the current epoch already trained on (0 at an epoch boundary).
-        epoch_start: RNG state when the interrupted epoch began (reproduces its shuffle order).
-        step: RNG state at the checkpoint (dropout etc. continue from here).
-        loader_restores_position: the dataloader reloaded its own position (``load_state_dict``).
-    """
-
-    skip: int = 0
-    epoch_start: RngState | None = None
-    step: RngState | None = None
-    loader_restores_position: bool = False
-
-
 class EpochLoop(Loop):
-    """Walk the dataloader in groups of ``accumulate_grad_batches``; validate and log on cadence.
+    """Walk the training dataloader in groups of ``accumulate_grad_batches`` micro-batches.
 
-    Validation runs at the end of every ``check_val_every_n_epoch``-th epoch (None: never at
-    epoch end) and, in addition, every ``val_check_interval`` optimizer steps (an int counts
-    steps from the start of training; a float is a fraction of the epoch's steps).
+    Each group is one optimizer step: :class:`AccumulationLoop` runs its micro-batches,
+    :class:`OptimizationStep` steps, then the :class:`~tasktrain.loops.cadence.Cadence` writes
+    logs and validates when due. The last group of an epoch may be shorter (the remainder).
+
+    Its state is where the epoch stands: the micro-batches read (``batch_progress.current``),
+    whether the data ran out, and the RNG state when the epoch began. From a state saved inside
+    an epoch, the next run replays the epoch's shuffle from that RNG state and skips the batches
+    already trained on, without loading them; the RNGs then continue from the saved point.
 
     Example:
-        >>> loop = EpochLoop(accumulate_grad_batches=4, log_every_n_steps=10)
+        >>> loop = EpochLoop(accumulate_grad_batches=4)
         >>> loop.accumulation.progress.total.completed
         0
     """
@@ -130,32 +70,22 @@ class EpochLoop(Loop):
         self,
         accumulate_grad_batches: int = 1,
         limit_batches: int | float | None = None,
-        val_check_interval: int | float | None = None,
-        check_val_every_n_epoch: int | None = 1,
-        log_every_n_steps: int = 50,
         accumulation: AccumulationLoop | None = None,
         optimization: OptimizationStep | None = None,
-        val_loop: EvaluationLoop | None = None,
+        cadence: Cadence | None = None,
     ) -> None:
         self.accumulate_grad_batches = accumulate_grad_batches
         self.limit_batches = limit_batches
-        self.val_check_interval = val_check_interval
-        self.check_val_every_n_epoch = check_val_every_n_epoch
-        self.log_every_n_steps = log_every_n_steps
         self.accumulation = accumulation or AccumulationLoop()
         self.optimization = optimization or OptimizationStep()
-        self.val_loop = val_loop or EvaluationLoop("validate")
+        self.cadence = cadence or Cadence()
         self.batch_progress = Progress()  # one item per micro-batch; ``current`` is this epoch
-        self.losses = LossTracker()
-        self._groups: Iterator[list[tuple[int, Any]]] | None = None
-        self._val_every: int | None = None
-        self._max_steps: int | None = None
-        self._last_val_step = -1
-        self._length: int | None = None
-        self.exhausted = False  # whether the last run read all of its data
+        self.exhausted = False  # whether this epoch's data has all been read
         self.epoch_start_rng: RngState | None = None
-        self._resume: ResumePoint | None = None
-        self._rng_after_first_fetch: RngState | None = None
+        self._resuming = False  # a state was loaded: the next run continues its epoch
+        self._groups: Iterator[Group] | None = None
+        self._max_steps: int | None = None
+        self._length: int | None = None
 
     # -- the skeleton ----------------------------------------------------------------------------
     def run(self, ctx: LoopContext, max_steps: int | None = None) -> None:
@@ -171,37 +101,21 @@ class EpochLoop(Loop):
         self.on_run_end(ctx)
 
     def reset(self, ctx: LoopContext) -> None:
-        """Prepare the epoch's batches: from the start, or from where a checkpoint left off."""
+        """Prepare the epoch's groups: from its start, or from where a loaded state left it."""
         loader = ctx.train_dataloader
         assert loader is not None
-        limit = num_batches(loader, self.limit_batches)
-        resume, self._resume = self._resume, None
-        generator = sampler_generator(loader)
-        skip = resume.skip if resume is not None else 0
-        batches: Iterable[Any] = loader
-        if skip:  # mid-epoch: replay the epoch's shuffle from its start, then skip what was seen
-            assert resume is not None
-            if resume.epoch_start is not None:
-                resume.epoch_start.restore(generator)
-            self.epoch_start_rng = resume.epoch_start
-            self._rng_after_first_fetch = resume.step
-            if not resume.loader_restores_position:
-                batches = skip_batches(loader, skip)
-        else:
-            if resume is not None and resume.step is not None:
-                resume.step.restore(generator)
-            self.epoch_start_rng = RngState.capture(generator)  # ~100 µs, once per epoch
-            self.batch_progress.reset_current()
-        if limit is not None:
-            batches = itertools.islice(batches, max(0, limit - skip))
+        resuming, self._resuming = self._resuming and not self.exhausted, False
+        skip = self.batch_progress.current.completed if resuming else 0
+        self._length = num_batches(loader, self.limit_batches)
+        batches = self._continued(loader, skip) if skip else self._started(loader)
+        if self._length is not None:
+            batches = itertools.islice(batches, max(0, self._length - skip))
         self._groups = _grouped(enumerate(batches, start=skip), self.accumulate_grad_batches, ctx)
-        self._val_every = self._resolve_val_every(limit)
-        self._length = limit
         self.exhausted = False
-
-    def resume_from(self, point: ResumePoint) -> None:
-        """Make the next ``run`` continue the epoch a checkpoint interrupted."""
-        self._resume = point
+        epoch_steps = (
+            None if self._length is None else steps_per_epoch(self._length, self.accumulate_grad_batches)
+        )
+        self.cadence.start_epoch(epoch_steps)
 
     def done(self, ctx: LoopContext) -> bool:
         return ctx.state.should_stop or (
@@ -209,22 +123,16 @@ class EpochLoop(Loop):
         )
 
     def advance(self, ctx: LoopContext) -> None:
-        """One optimizer step: accumulate a group, step, log and validate when due."""
+        """One optimizer step: accumulate a group, step, then what the cadence says is due."""
         assert self._groups is not None
         group = next(self._groups)
-        if self._rng_after_first_fetch is not None:  # resumed: the shuffle is replayed, now continue the RNGs
-            self._rng_after_first_fetch.restore(sampler_generator(ctx.train_dataloader))
-            self._rng_after_first_fetch = None
         loss = self.accumulation.run(ctx, group)
         self.optimization.run(ctx, skip=loss is None)
         self.batch_progress.complete(len(group))
         if loss is not None:
-            self.losses.add(loss)
-        step = ctx.state.global_step
-        if step % self.log_every_n_steps == 0:
-            self.flush_logs(ctx)
-        if self._val_every is not None and self._val_due(step):
-            self.run_validation(ctx)
+            ctx.totals.losses.add(loss)
+        in_epoch = steps_per_epoch(self.batch_progress.current.completed, self.accumulate_grad_batches)
+        self.cadence.after_step(ctx, in_epoch)
         # Last, so callbacks that save or stop here see this step's logs and validation.
         ctx.hooks.call("on_train_step_end")
 
@@ -236,68 +144,56 @@ class EpochLoop(Loop):
             )
         if self._length is not None and read >= self._length:
             self.exhausted = True
-        epoch = ctx.state.epoch
-        n = self.check_val_every_n_epoch
-        if n is not None and (epoch + 1) % n == 0 and self._last_val_step != ctx.state.global_step:
-            self.run_validation(ctx)
+        self.cadence.at_epoch_end(ctx)  # also when max_steps or should_stop ends the epoch early
 
+    # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "last_val_step": self._last_val_step}
+        rng = None if self.epoch_start_rng is None else self.epoch_start_rng.state_dict()
+        return {**super().state_dict(), "exhausted": self.exhausted, "epoch_start_rng": rng}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         super().load_state_dict(state)
-        self._last_val_step = int(state.get("last_val_step", -1))
+        self.exhausted = bool(state["exhausted"])
+        rng = state["epoch_start_rng"]
+        self.epoch_start_rng = None if rng is None else RngState.from_state_dict(rng)
+        self._resuming = True
 
-    # -- pieces a replacement loop may reuse -----------------------------------------------------
-    def flush_logs(self, ctx: LoopContext) -> None:
-        """Write the step values logged since the last flush, with ``train/loss`` (mean since then)."""
-        extra: dict[str, float] = {}
-        mean = self.losses.interval_mean()
-        if mean is not None and not ctx.logs.has_step_value("train/loss"):
-            extra["train/loss"] = global_mean(ctx, mean)
-        ctx.logs.flush_step(ctx.state.global_step, extra)
+    # -- where the epoch's batches come from -----------------------------------------------------
+    def _started(self, loader: Iterable[Any]) -> Iterable[Any]:
+        self.batch_progress.reset_current()
+        self.epoch_start_rng = RngState.capture(sampler_generator(loader))  # ~100 µs, once per epoch
+        return loader
 
-    def run_validation(self, ctx: LoopContext) -> None:
-        """Run the validation loop (if there is validation data) and step a monitored scheduler."""
-        if ctx.val_dataloader is None or self.val_loop.limit_batches == 0:  # limit_val_batches=0: off
-            return
-        self._last_val_step = ctx.state.global_step
-        # Validation must not shift training's random streams (iterating a DataLoader draws a seed),
-        # so training is the same whatever the validation cadence, and resume stays exact.
-        rng = RngState.capture()
-        metrics = self.val_loop.run(ctx, ctx.val_dataloader)
-        rng.restore()
-        assert ctx.optim is not None
-        step_monitored_scheduler(ctx.optim.scheduler, {**ctx.logs.callback_metrics, **metrics}, ctx.strategy)
-
-    def _val_due(self, step: int) -> bool:
-        if isinstance(self.val_check_interval, int):
-            return step % self.val_check_interval == 0
-        assert self._val_every is not None
-        in_epoch = self.batch_progress.current.completed
-        return steps_per_epoch(in_epoch, self.accumulate_grad_batches) % self._val_every == 0
-
-    def _resolve_val_every(self, limit: int | None) -> int | None:
-        if self.val_check_interval is None or isinstance(self.val_check_interval, int):
-            return self.val_check_interval
-        if limit is None:
-            raise ValueError(
-                f"val_check_interval={self.val_check_interval!r} is a fraction of an epoch, but the training "
-                "dataloader has no length; pass an int (optimizer steps) instead"
-            )
-        return max(1, int(steps_per_epoch(limit, self.accumulate_grad_batches) * self.val_check_interval))
+    def _continued(self, loader: Iterable[Any], skip: int) -> Iterable[Any]:
+        """The rest of an epoch ``skip`` batches in: the epoch's shuffle replayed, the RNGs continued."""
+        generator = sampler_generator(loader)
+        now = RngState.capture(generator)
+        if self.epoch_start_rng is not None:
+            self.epoch_start_rng.restore(generator)
+        # A loader with its own state (e.g. torchdata's StatefulDataLoader) reloaded its position.
+        restores_itself = callable(getattr(loader, "load_state_dict", None))
+        rest = loader if restores_itself else skip_batches(loader, skip)
+        return _then_restore(rest, now, generator)
 
 
-def global_mean(ctx: LoopContext, value: float) -> float:
-    """The mean of ``value`` over all ranks (a collective when there are several)."""
-    if ctx.strategy.world_size == 1:
-        return value
-    return float(ctx.strategy.reduce(torch.tensor(value, device=ctx.strategy.root_device), "mean"))
+def _then_restore(batches: Iterable[Any], rng: RngState, generator: Any) -> Iterator[Any]:
+    """``batches``, restoring ``rng`` once the first batch was fetched (or there was none).
+
+    Creating the iterator and fetching the first batch draw the shuffle from the epoch-start RNG;
+    from then on training must continue from the RNG state of the checkpoint.
+    """
+    iterator = iter(batches)
+    try:
+        first = next(iterator)
+    except StopIteration:
+        rng.restore(generator)
+        return
+    rng.restore(generator)
+    yield first
+    yield from iterator
 
 
-def _grouped(
-    batches: Iterator[tuple[int, Any]], size: int, ctx: LoopContext
-) -> Iterator[list[tuple[int, Any]]]:
+def _grouped(batches: Iterator[tuple[int, Any]], size: int, ctx: LoopContext) -> Iterator[Group]:
     """Yield lists of ``size`` (batch_idx, batch) moved to the device; the last list may be shorter."""
     to_device = ctx.strategy.batch_to_device
     if size == 1:  # the common case, on the per-step hot path: no slicing

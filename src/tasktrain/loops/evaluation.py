@@ -64,8 +64,7 @@ class EvaluationLoop(Loop):
                     batch = strategy.batch_to_device(batch)
                     logs.current_batch = batch
                     hooks.call(f"on_{prefix}_batch_start", batch, batch_idx)
-                    with strategy.autocast():
-                        outputs = strategy.forward_step(step_fn, batch, batch_idx)
+                    outputs = strategy.forward_step(step_fn, batch, batch_idx)
                     hooks.call(f"on_{prefix}_batch_end", outputs, batch, batch_idx)
                     self.batch_progress.finish()
             hooks.call(f"on_{prefix}_epoch_end")

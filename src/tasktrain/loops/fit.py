@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from tasktrain.loops.base import Loop, LoopContext
+from tasktrain.loops.cadence import write_step_logs
 from tasktrain.loops.epoch import EpochLoop
-from tasktrain.loops.optimization import step_epoch_scheduler, step_monitored_scheduler
 from tasktrain.state import Progress
 
 
@@ -88,28 +89,24 @@ class FitLoop(Loop):
             self._finish_epoch(ctx, metrics)
 
     def _flush_logs(self, ctx: LoopContext) -> dict[str, float]:
-        self.epoch_loop.flush_logs(ctx)
+        write_step_logs(ctx)
         return ctx.logs.flush_epoch(ctx.state.global_step)
 
     def _finish_epoch(self, ctx: LoopContext, metrics: dict[str, float]) -> None:
         self.epoch_progress.mark_completed()
         assert ctx.optim is not None
-        step_epoch_scheduler(ctx.optim.scheduler, self.epoch_progress.total.completed)
-        if ctx.val_dataloader is None:
-            step_monitored_scheduler(
-                ctx.optim.scheduler, {**ctx.logs.callback_metrics, **metrics}, ctx.strategy
-            )
+        ctx.optim.after_epoch(
+            self.epoch_progress.total.completed,
+            {**ctx.logs.callback_metrics, **metrics},
+            ctx.strategy.broadcast,
+            validates=ctx.val_dataloader is not None,
+        )
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore progress; an epoch whose data was all read but whose end was not reached is finished first."""
         total = state.get("epoch_progress", {}).get("total", {})
         self._epoch_end_pending = total.get("processed", 0) > total.get("completed", 0)
         super().load_state_dict(state)
-
-    @property
-    def resumes_mid_epoch(self) -> bool:
-        """Whether the restored state stopped inside an epoch (its data partly read)."""
-        return not self._epoch_end_pending and self.epoch_loop.batch_progress.current.completed > 0
 
     def on_run_end(self, ctx: LoopContext) -> None:
         ctx.hooks.call("on_train_end")

@@ -39,8 +39,7 @@ class PredictionLoop(Loop):
                     self.batch_progress.start()
                     batch = strategy.batch_to_device(batch)
                     hooks.call("on_predict_batch_start", batch, batch_idx)
-                    with strategy.autocast():
-                        out = strategy.forward_step(module.predict_step, batch, batch_idx)
+                    out = strategy.forward_step(module.predict_step, batch, batch_idx)
                     hooks.call("on_predict_batch_end", out, batch, batch_idx)
                     outputs.append(out)
                     self.batch_progress.finish()

@@ -8,8 +8,9 @@ backward and the optimizer step to it.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,6 +30,21 @@ def _rank_from_environment() -> int:
 
 
 _NO_CONTEXT = nullcontext()  # reusable; saves an allocation per micro-batch
+
+
+@dataclass
+class ModelState:
+    """What a strategy saves of a module and its optimizers (see :meth:`Strategy.get_state`).
+
+    ``model`` maps parameter and buffer names to tensors; ``optimizers`` holds one state dict
+    per optimizer, by position, keyed by parameter name; ``sharded`` says whether the tensors
+    are this rank's shards (DTensors) rather than whole tensors.
+    """
+
+    model: dict[str, Any]
+    optimizers: list[dict[str, Any]] = field(default_factory=list)
+    sharded: bool = False
+
 
 # Rank-zero-only helpers need a rank before any strategy is set up; strategies update it.
 if not hasattr(rank_zero_only, "rank"):
@@ -120,6 +136,11 @@ class Strategy:
 
         apply_compile(module, options)
 
+    def configure(
+        self, accumulate_grad_batches: int, gradient_clip_val: float | None, gradient_clip_algorithm: str
+    ) -> None:
+        """Take the Trainer settings a strategy that runs its own step needs (DeepSpeed); a no-op here."""
+
     def setup_optimizer(self, optimizer: Optimizer) -> Optimizer:
         return optimizer
 
@@ -137,14 +158,16 @@ class Strategy:
         """
 
     # -- one training step -----------------------------------------------------------------------
-    def autocast(self) -> AbstractContextManager[Any]:
-        return self.precision.autocast()
-
     def forward_step(self, step: Callable[[Any, int], Any], batch: Any, batch_idx: int) -> Any:
         """Call a module step (``training_step``, ``validation_step``, ...) the way this strategy needs.
 
-        Wrapping strategies (DDP) route it through the wrapper's ``forward`` so their hooks run.
+        It runs under the precision plugin's autocast. Wrapping strategies (DDP) route it through
+        the wrapper's ``forward`` so their hooks run: they override :meth:`_call_step`.
         """
+        with self.precision.autocast():
+            return self._call_step(step, batch, batch_idx)
+
+    def _call_step(self, step: Callable[[Any, int], Any], batch: Any, batch_idx: int) -> Any:
         return step(batch, batch_idx)
 
     def no_backward_sync(self, enabled: bool) -> AbstractContextManager[Any]:
@@ -155,10 +178,15 @@ class Strategy:
         self.precision.backward(loss)
 
     def clip_gradients(
-        self, module: nn.Module, optimizer: Optimizer, value: float, algorithm: str
+        self, module: nn.Module, optimizer: Optimizer, value: float | None, algorithm: str = "norm"
     ) -> Tensor | None:
-        """Clip by total norm (returns the norm before clipping) or by value (returns None)."""
+        """Make the gradients true-scale (mixed precision), then clip them when ``value`` is given.
+
+        Clips by total norm (returns the norm before clipping) or by value (returns None).
+        """
         self.precision.unscale_gradients(optimizer)
+        if value is None:
+            return None
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if algorithm == "norm":
             return torch.nn.utils.clip_grad_norm_(params, value)
@@ -170,13 +198,13 @@ class Strategy:
         return self.precision.optimizer_step(optimizer)
 
     # -- collectives (identity on one process) ---------------------------------------------------
-    def reduce(self, tensor: Tensor, op: str = "mean") -> Tensor:
-        """Reduce ``tensor`` over all ranks with ``op`` in {"sum", "mean", "max", "min"}."""
-        return tensor
+    def reduce(self, tensor: Tensor, op: str = "mean", data_parallel: bool = False) -> Tensor:
+        """Reduce ``tensor`` over all ranks with ``op`` in {"sum", "mean", "max", "min"}.
 
-    def all_gather(self, tensor: Tensor) -> Tensor:
-        """Stack ``tensor`` from every rank along a new first dimension."""
-        return tensor.unsqueeze(0)
+        ``data_parallel=True`` reduces over the data-parallel ranks only, counting each batch
+        once (ranks of one tensor-parallel group see the same batches).
+        """
+        return tensor
 
     def any_rank(self, flag: bool) -> bool:
         """Whether ``flag`` is set on any rank (a collective when there are several)."""
@@ -193,68 +221,44 @@ class Strategy:
         pass
 
     # -- checkpoints ----------------------------------------------------------------------------
-    # Full, unsharded tensors keyed by the module's parameter names, for every strategy: a
-    # checkpoint saved under one strategy and world size loads under any other. Sharded
-    # strategies gather inside these calls, so every rank must make them. (torch's state-dict
-    # helpers are imported here, not at the top: they pull in torch.distributed.tensor, ~1 s.)
-    def module_state_dict(self, module: nn.Module) -> dict[str, Tensor]:
-        """The full weights to save (gathered to rank 0 under sharded strategies)."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    def get_state(
+        self, module: nn.Module, optimizers: Sequence[Optimizer] = (), sharded: bool | None = None
+    ) -> ModelState | None:
+        """The module's (and optimizers') state to save, or a template to load a sharded one into.
 
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_model_state_dict(module, options=options)  # type: ignore[return-value]  # tensors only
-
-    def optimizer_state_dict(self, module: nn.Module, optimizer: Optimizer) -> dict[str, Any] | None:
-        """The optimizer state to save, keyed by parameter name (None: this strategy cannot save it)."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_optimizer_state_dict(module, optimizer, options=options)
-
-    def load_module_state_dict(self, module: nn.Module, weights: dict[str, Tensor]) -> None:
-        """Load full weights, as ``module_state_dict`` returns them."""
-        from torch.distributed.checkpoint.state_dict import set_model_state_dict
-
-        set_model_state_dict(module, dict(weights))
-
-    def load_optimizer_state_dict(
-        self, module: nn.Module, optimizer: Optimizer, state: dict[str, Any]
-    ) -> None:
-        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
-
-        set_optimizer_state_dict(module, optimizer, state)
-
-    # Sharded checkpoints: each rank saves and loads only its own shards with DCP. Any strategy
-    # can *load* one (DCP reshards into the tensors given here); only those with
-    # ``saves_sharded`` write one.
-    @property
-    def saves_sharded(self) -> bool:
-        """Whether checkpoints are written as per-rank DCP shards instead of full safetensors weights."""
-        return False
-
-    def sharded_state_dict(
-        self, module: nn.Module, optimizer: Optimizer | None = None
-    ) -> dict[str, Any] | None:
-        """This rank's share of the model (and optimizer) state, as DCP saves it and loads into it.
-
-        None: this strategy cannot take a sharded checkpoint's state this way (it then loads full weights).
+        Full states hold whole tensors keyed by parameter name, on the CPU, for every strategy: a
+        checkpoint saved under one strategy and world size loads under any other. Sharded states
+        hold this rank's shards (DTensors), as ``torch.distributed.checkpoint`` saves and fills
+        them. ``sharded=None`` picks this strategy's own checkpoint layout. Sharded strategies
+        gather or communicate here, so every rank must call it. None: this strategy cannot give
+        a sharded state (it then loads a sharded checkpoint as full weights).
         """
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
 
-        state: dict[str, Any] = {"model": get_model_state_dict(module)}
-        if optimizer is not None:
-            state["optimizer"] = get_optimizer_state_dict(module, optimizer)
-        return state
+        sharded = self._saves_sharded if sharded is None else sharded
+        options = None if sharded else StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return ModelState(
+            model=get_model_state_dict(module, options=options),
+            optimizers=[get_optimizer_state_dict(module, opt, options=options) for opt in optimizers],
+            sharded=sharded,
+        )
 
-    def load_sharded_state_dict(
-        self, module: nn.Module, optimizer: Optimizer | None, state: dict[str, Any]
-    ) -> None:
-        """Put a state filled in by DCP (see :meth:`sharded_state_dict`) back into module and optimizer."""
+    def set_state(self, module: nn.Module, optimizers: Sequence[Optimizer], state: ModelState) -> None:
+        """Load a state as :meth:`get_state` returns it (full, or filled in by DCP) into module and optimizers."""
         from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
-        set_model_state_dict(module, state["model"])
-        if optimizer is not None:
-            set_optimizer_state_dict(module, optimizer, state["optimizer"])
+        set_model_state_dict(module, dict(state.model))
+        for optimizer, saved in zip(optimizers, state.optimizers, strict=True):
+            set_optimizer_state_dict(module, optimizer, saved)
+
+    @property
+    def _saves_sharded(self) -> bool:
+        """Whether this strategy's checkpoints are per-rank DCP shards (else full safetensors weights)."""
+        return False
 
     @contextmanager
     def module_init_context(self) -> Iterator[None]:

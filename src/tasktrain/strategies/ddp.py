@@ -54,7 +54,7 @@ class DDP(ParallelStrategy):
         self.model = DistributedDataParallel(_StepRouter(module), device_ids=device_ids, **self.ddp_kwargs)
         return module
 
-    def forward_step(self, step: Callable[[Any, int], Any], batch: Any, batch_idx: int) -> Any:
+    def _call_step(self, step: Callable[[Any, int], Any], batch: Any, batch_idx: int) -> Any:
         assert self.model is not None
         if not self.model.module.module.training:  # evaluation: no gradients, no DDP bookkeeping
             return step(batch, batch_idx)

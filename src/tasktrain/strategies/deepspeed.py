@@ -6,7 +6,7 @@ deepspeed is imported only when this strategy sets up (it is an extra, and slow 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 from typing import Any
@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from tasktrain.precision import Precision
+from tasktrain.strategies.base import ModelState
 from tasktrain.strategies.ddp import _StepRouter
 from tasktrain.strategies.parallel import DEFAULT_TIMEOUT, ParallelStrategy
 
@@ -117,10 +118,8 @@ class DeepSpeed(ParallelStrategy):
         return batch
 
     def forward_step(self, step: Callable[[Any, int], Any], batch: Any, batch_idx: int) -> Any:
+        # No autocast: DeepSpeed runs the module in its own precision.
         return self.engine(step, batch, batch_idx) if self.engine is not None else step(batch, batch_idx)
-
-    def autocast(self) -> AbstractContextManager[Any]:
-        return nullcontext()  # DeepSpeed runs the module in its own precision
 
     def no_backward_sync(self, enabled: bool) -> AbstractContextManager[Any]:
         # The loops decide where a group ends (the remainder group included), not DeepSpeed's counter.
@@ -131,7 +130,7 @@ class DeepSpeed(ParallelStrategy):
         self.engine.backward(loss, scale_wrt_gas=False)  # the loops already weighted the loss
 
     def clip_gradients(
-        self, module: nn.Module, optimizer: Optimizer, value: float, algorithm: str
+        self, module: nn.Module, optimizer: Optimizer, value: float | None, algorithm: str = "norm"
     ) -> Tensor | None:
         return None  # done inside engine.step() from the config's gradient_clipping
 
@@ -142,7 +141,22 @@ class DeepSpeed(ParallelStrategy):
     # -- checkpoints: full tensors keyed by parameter name, as every other strategy saves them, so a
     # DeepSpeed checkpoint resumes under DDP or FSDP and the other way round. The ZeRO partitions
     # are assembled with DeepSpeed's safe_get_full_* helpers (all-reduces: every rank calls them).
-    def module_state_dict(self, module: nn.Module) -> dict[str, Tensor]:
+    def get_state(
+        self, module: nn.Module, optimizers: Sequence[Optimizer] = (), sharded: bool | None = None
+    ) -> ModelState | None:
+        if sharded:
+            return None  # ZeRO partitions are not DTensors: a sharded checkpoint loads here as full weights
+        return ModelState(
+            model=self._full_weights(module),
+            optimizers=[self._full_optimizer_state(module, opt) for opt in optimizers],
+        )
+
+    def set_state(self, module: nn.Module, optimizers: Sequence[Optimizer], state: ModelState) -> None:
+        self._load_full_weights(module, state.model)
+        for optimizer, saved in zip(optimizers, state.optimizers, strict=True):
+            self._load_full_optimizer_state(module, optimizer, saved)
+
+    def _full_weights(self, module: nn.Module) -> dict[str, Tensor]:
         """The full weights; trainable parameters as DeepSpeed's fp32 master copies (exact under bf16)."""
         from deepspeed.utils import safe_get_full_fp32_param
 
@@ -153,19 +167,14 @@ class DeepSpeed(ParallelStrategy):
                 weights[name] = (tensor if master is None else master).detach().cpu().clone()
         return weights
 
-    def load_module_state_dict(self, module: nn.Module, weights: dict[str, Tensor]) -> None:
+    def _load_full_weights(self, module: nn.Module, weights: dict[str, Tensor]) -> None:
         with self._gathered(module, modify=True):
             module.load_state_dict(weights)
         for name, param in module.named_parameters():
             if param.requires_grad:
                 _set_full_hp(param, weights[name].to(self.root_device, torch.float32))
 
-    def sharded_state_dict(
-        self, module: nn.Module, optimizer: Optimizer | None = None
-    ) -> dict[str, Any] | None:
-        return None  # ZeRO partitions are not DTensors: a sharded checkpoint loads here as full weights
-
-    def optimizer_state_dict(self, module: nn.Module, optimizer: Optimizer) -> dict[str, Any] | None:
+    def _full_optimizer_state(self, module: nn.Module, optimizer: Optimizer) -> dict[str, Any]:
         """The optimizer state in torch's full format: ``{"state": {name: {...}}, "param_groups": [...]}``."""
         from deepspeed.utils import safe_get_full_optimizer_state
 
@@ -184,7 +193,7 @@ class DeepSpeed(ParallelStrategy):
         ]
         return {"state": state, "param_groups": groups}
 
-    def load_optimizer_state_dict(
+    def _load_full_optimizer_state(
         self, module: nn.Module, optimizer: Optimizer, state: dict[str, Any]
     ) -> None:
         base = _base_optimizer(optimizer)

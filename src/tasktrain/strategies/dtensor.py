@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 from torch import Tensor, nn
 from torch.distributed.checkpoint.state_dict import (
@@ -14,6 +13,8 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import FSDPModule
 from torch.optim import Optimizer
+
+from tasktrain.strategies.base import ModelState
 
 _SCATTER = StateDictOptions(full_state_dict=True)
 
@@ -32,24 +33,26 @@ def checked_layout(strategy: str, checkpoint: str) -> str:
 
 
 class DTensorCheckpointing:
-    """Mixin: checkpoint layout choice, and loading full (unsharded) checkpoint tensors into DTensor
-    parameters and their state."""
+    """Mixin: the checkpoint layout choice, and loading full (unsharded) checkpoint tensors into
+    DTensor parameters and their optimizer state."""
 
     checkpoint: str = "sharded"
 
     @property
-    def saves_sharded(self) -> bool:
+    def _saves_sharded(self) -> bool:
         return self.checkpoint == "sharded"
 
-    def load_module_state_dict(self, module: nn.Module, weights: dict[str, Tensor]) -> None:
-        set_model_state_dict(module, dict(weights), options=_SCATTER)
-
-    def load_optimizer_state_dict(
-        self, module: nn.Module, optimizer: Optimizer, state: dict[str, Any]
-    ) -> None:
-        # torch needs some tensor state to infer the device from; without any (e.g. plain SGD)
-        # only the param groups are left to load, which the non-full path does.
-        set_optimizer_state_dict(module, optimizer, state, options=_SCATTER if state.get("state") else None)
+    def set_state(self, module: nn.Module, optimizers: Sequence[Optimizer], state: ModelState) -> None:
+        if state.sharded:
+            super().set_state(module, optimizers, state)  # type: ignore[misc]  # the strategy's base
+            return
+        set_model_state_dict(module, dict(state.model), options=_SCATTER)
+        for optimizer, saved in zip(optimizers, state.optimizers, strict=True):
+            # torch needs some tensor state to infer the device from; without any (e.g. plain SGD)
+            # only the param groups are left to load, which the non-full path does.
+            set_optimizer_state_dict(
+                module, optimizer, saved, options=_SCATTER if saved.get("state") else None
+            )
 
 
 def full_tensor(value: Tensor | None) -> Tensor | None:

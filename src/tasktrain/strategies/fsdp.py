@@ -68,7 +68,7 @@ class FSDP(DTensorCheckpointing, ParallelStrategy):
         )
         return module
 
-    def forward_step(self, step: Callable[[Any, int], Any], batch: Any, batch_idx: int) -> Any:
+    def _call_step(self, step: Callable[[Any, int], Any], batch: Any, batch_idx: int) -> Any:
         assert self.model is not None
         return self.model(step, batch, batch_idx)  # type: ignore[operator]
 
@@ -77,7 +77,7 @@ class FSDP(DTensorCheckpointing, ParallelStrategy):
         return gradient_sync(self.model, sync=not enabled)
 
     def clip_gradients(
-        self, module: nn.Module, optimizer: Optimizer, value: float, algorithm: str
+        self, module: nn.Module, optimizer: Optimizer, value: float | None, algorithm: str = "norm"
     ) -> Tensor | None:
         return full_tensor(super().clip_gradients(module, optimizer, value, algorithm))
 

