@@ -3,31 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from _cli_helpers import QUIET, copy_fixtures, harness
 
 optuna = pytest.importorskip("optuna")
-
-CLI_DIR = Path(__file__).resolve().parent / "cli"
-QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu"]
-
-
-def _harness(cwd: Path, *argvs: list[str]) -> list[dict]:
-    """Run the command lines in order in one fresh interpreter (``tests/cli/_harness.py``)."""
-    shutil.copytree(CLI_DIR, cwd, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
-    done = subprocess.run(
-        [sys.executable, str(cwd / "_harness.py"), json.dumps(argvs)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert done.returncode == 0, done.stderr
-    return list(json.loads(done.stdout.splitlines()[-1]))
 
 
 def _lines(stdout: str) -> dict[str, str]:
@@ -38,8 +18,8 @@ def test_tune_searches_prints_the_best_trial_and_keeps_the_study(tmp_path):
     search = ["tune", "--task", "tiny_task.py", "--space", "tune_space.py", "--n_trials", "3"]
     search += ["--trainer.max_epochs", "2", "--trainer.seed", "0", "--task.batch_size", "8", *QUIET]
     search += ["--storage", "sqlite:///study.db", "--study_name", "cli", "--root_dir", "runs/tune"]
-    results = _harness(
-        tmp_path,
+    results = harness(
+        copy_fixtures(tmp_path),
         search,
         ["tune", "--task", "tiny_task.py", "--n_trials", "1", *QUIET],
         ["tune", "--task", "tiny_task.py", "--space", "tiny_data.py", *QUIET],
