@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,9 @@ class SkipFirstBatches(Sampler[list[int]]):
     For a ``BatchSampler`` the skipped indices are drawn from the inner sampler (as the original
     epoch drew them, so a shuffled order comes out the same from the same RNG state) but never
     batched or loaded: skipping costs microseconds per thousand samples and no data is read.
+    ``at_position`` is called once the sampler has been drawn exactly as far as when those
+    batches had been read (or, for a shorter epoch, at its end): from there on the RNGs must
+    continue from a checkpoint's state.
 
     Example:
         >>> sampler = BatchSampler(range(10), batch_size=3, drop_last=False)
@@ -35,9 +38,12 @@ class SkipFirstBatches(Sampler[list[int]]):
         [[6, 7, 8], [9]]
     """
 
-    def __init__(self, batch_sampler: Iterable[list[int]], skip: int) -> None:
+    def __init__(
+        self, batch_sampler: Iterable[list[int]], skip: int, at_position: Callable[[], None] | None = None
+    ) -> None:
         self.batch_sampler = batch_sampler
         self.skip = skip
+        self.at_position = at_position
 
     def __len__(self) -> int:
         return max(0, len(self.batch_sampler) - self.skip)  # type: ignore[arg-type]
@@ -45,40 +51,60 @@ class SkipFirstBatches(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         inner = self.batch_sampler
         if type(inner) is not BatchSampler:
-            yield from itertools.islice(iter(inner), self.skip, None)
+            yield from itertools.islice(
+                calling_after(iter(inner), self.skip, self.at_position), self.skip, None
+            )
             return
         # Read the sampler lazily, exactly as BatchSampler would: a sampler with its own generator
         # may draw from it again at the end of the epoch, and that must happen at the same moment.
-        indices = itertools.islice(iter(inner.sampler), self.skip * inner.batch_size, None)
+        drawn = self.skip * inner.batch_size
+        indices = itertools.islice(calling_after(iter(inner.sampler), drawn, self.at_position), drawn, None)
         while batch := list(itertools.islice(indices, inner.batch_size)):
             if len(batch) < inner.batch_size and inner.drop_last:
                 return
             yield batch
 
 
-def skip_batches(dataloader: Iterable[Any], skip: int) -> Iterable[Any]:
+def calling_after(items: Iterator[Any], count: int, callback: Callable[[], None] | None) -> Iterator[Any]:
+    """``items``, calling ``callback`` when the next item after the first ``count`` is asked for (or
+    when ``items`` ends first): that is, once exactly ``count`` items have been drawn."""
+    called = callback is None
+    for i, item in enumerate(items):
+        if i == count and not called:
+            callback()  # type: ignore[misc]  # not None unless called
+            called = True
+        yield item
+    if not called:
+        callback()  # type: ignore[misc]
+
+
+def skip_batches(
+    dataloader: Iterable[Any], skip: int, at_position: Callable[[], None] | None = None
+) -> Iterable[Any]:
     """``dataloader`` without its first ``skip`` batches, loading none of them when it can.
 
     A plain ``DataLoader`` over a map-style dataset gets a :class:`SkipFirstBatches` batch
     sampler. Anything else (an ``IterableDataset``, a custom loader class) can only be skipped by
     reading: that is warned about, since it costs time and is exact only if the data comes in
-    the same order again.
+    the same order again. Either way ``at_position`` is called once the skipped part was drawn.
     """
-    if skip == 0:
+    if skip == 0 and at_position is None:
         return dataloader
     if (
         type(dataloader) is DataLoader
         and not isinstance(dataloader.dataset, IterableDataset)
         and dataloader.batch_sampler is not None
     ):
-        return _with_batch_sampler(dataloader, SkipFirstBatches(dataloader.batch_sampler, skip))
+        return _with_batch_sampler(dataloader, SkipFirstBatches(dataloader.batch_sampler, skip, at_position))
+    if skip == 0:
+        return calling_after(iter(dataloader), 0, at_position)
     warnings.warn(
         f"resuming mid-epoch: {type(dataloader).__name__} cannot skip batches by index, so the first {skip} "
         "batches of this epoch are read and dropped; the resume is exact only if the data comes in the same "
         "order (give the loader state_dict()/load_state_dict(), or use a map-style dataset)",
         stacklevel=2,
     )
-    return itertools.islice(dataloader, skip, None)
+    return itertools.islice(calling_after(iter(dataloader), skip, at_position), skip, None)
 
 
 def with_distributed_sampler(

@@ -334,8 +334,6 @@ class Trainer:
         }
         states.update({f"lr_scheduler.{i}": c.scheduler for i, c in enumerate(self.lr_scheduler_configs)})
         states.update({f"callbacks.{cb.state_key}": cb for cb in self.callbacks})
-        if isinstance(self.train_dataloader, Stateful):  # e.g. torchdata's StatefulDataLoader
-            states["train_dataloader"] = self.train_dataloader
         states["rng"] = ProcessRng(lambda: sampler_generator(self.train_dataloader))
         return states
 
@@ -347,7 +345,7 @@ class Trainer:
         model = ModelState(payload["model"]["weights"], payload["model"]["optimizers"])
         SingleDevice("cpu").set_state(module, self.optimizers, model)  # full tensors into a plain module
         for name, state in self._states().items():
-            if name in payload["states"] and name not in ("rng", "train_dataloader"):
+            if name in payload["states"] and name != "rng":
                 state.load_state_dict(payload["states"][name])
         return FitResult(**payload["result"])
 

@@ -31,6 +31,7 @@ LOOP_KEYS = {
     "epoch_loop.batch_progress",
     "epoch_loop.exhausted",
     "epoch_loop.epoch_start_rng",
+    "epoch_loop.dataloader",
     "epoch_loop.accumulation.progress",
     "epoch_loop.optimization.progress",
     "epoch_loop.optimization.skipped",

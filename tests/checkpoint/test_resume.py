@@ -512,7 +512,7 @@ def test_a_loader_with_its_own_state_resumes_itself_without_reading_seen_batches
     full, _ = run(str(tmp_path / "full"), 10)
     run(str(tmp_path / "split"), 3)  # stops mid-epoch: 6 of 13 batches read
     state = read_state(find_last(str(tmp_path / "split")))
-    assert state["states"]["train_dataloader"] == {"position": 6}
+    assert state["states"]["fit_loop"]["epoch_loop.dataloader"] == {"position": 6}
     resumed, loader = run(str(tmp_path / "split"), 10, ckpt_path="last")
     assert loader.fetched == 13 - 6 + 6  # the rest of epoch 1, then 6 batches of epoch 2: none re-read
     for a, b in zip(full.parameters(), resumed.parameters(), strict=True):

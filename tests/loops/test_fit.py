@@ -19,6 +19,7 @@ FIT_LOOP_KEYS = {
     "epoch_loop.batch_progress",
     "epoch_loop.exhausted",
     "epoch_loop.epoch_start_rng",
+    "epoch_loop.dataloader",
     "epoch_loop.accumulation.progress",
     "epoch_loop.optimization.progress",
     "epoch_loop.optimization.skipped",

@@ -46,6 +46,7 @@ def states(
     fit_loop["epoch_loop.exhausted"] = not _stopped_mid_epoch(loop_state)
     epoch_start = rng.get("epoch_start")
     fit_loop["epoch_loop.epoch_start_rng"] = epoch_start.state_dict() if epoch_start is not None else None
+    fit_loop["epoch_loop.dataloader"] = state.get("dataloader")
     converted: dict[str, Any] = {
         "trainer": {"global_step": state["global_step"], "epoch": state["epoch"]},
         "fit_loop": fit_loop,
@@ -56,8 +57,6 @@ def states(
     if "scheduler" in raw_optimizers:
         converted["lr_scheduler.0"] = raw_optimizers["scheduler"]
     converted.update({f"callbacks.{key}": value for key, value in state.get("callbacks", {}).items()})
-    if "dataloader" in state:
-        converted["train_dataloader"] = state["dataloader"]
     if "step" in rng:
         converted["rng"] = rng["step"].state_dict()
     return converted

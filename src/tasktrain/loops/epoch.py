@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from tasktrain.data import sampler_generator, skip_batches
+from tasktrain.data import calling_after, sampler_generator, skip_batches
 from tasktrain.loops.accumulation import AccumulationLoop
 from tasktrain.loops.base import Loop, LoopContext
 from tasktrain.loops.cadence import Cadence
@@ -83,6 +83,8 @@ class EpochLoop(Loop):
         self.exhausted = False  # whether this epoch's data has all been read
         self.epoch_start_rng: RngState | None = None
         self._resuming = False  # a state was loaded: the next run continues its epoch
+        self._loader: Any = None  # the dataloader of the current epoch
+        self._loader_position: Any = None  # a loaded position for a loader that keeps its own
         self._groups: Iterator[Group] | None = None
         self._max_steps: int | None = None
         self._length: int | None = None
@@ -102,7 +104,7 @@ class EpochLoop(Loop):
 
     def reset(self, ctx: LoopContext) -> None:
         """Prepare the epoch's groups: from its start, or from where a loaded state left it."""
-        loader = ctx.train_dataloader
+        loader = self._loader = ctx.train_dataloader
         assert loader is not None
         resuming, self._resuming = self._resuming and not self.exhausted, False
         skip = self.batch_progress.current.completed if resuming else 0
@@ -149,14 +151,28 @@ class EpochLoop(Loop):
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         rng = None if self.epoch_start_rng is None else self.epoch_start_rng.state_dict()
-        return {**super().state_dict(), "exhausted": self.exhausted, "epoch_start_rng": rng}
+        return {
+            **super().state_dict(),
+            "exhausted": self.exhausted,
+            "epoch_start_rng": rng,
+            "dataloader": self._own_position(),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         super().load_state_dict(state)
         self.exhausted = bool(state["exhausted"])
         rng = state["epoch_start_rng"]
         self.epoch_start_rng = None if rng is None else RngState.from_state_dict(rng)
+        self._loader_position = state.get("dataloader")
         self._resuming = True
+
+    def _own_position(self) -> Any:
+        """Inside an epoch, the position of a loader that keeps one (its ``state_dict()``), else None.
+
+        At an epoch boundary the next epoch starts afresh: nothing to keep.
+        """
+        inside = not self.exhausted and self.batch_progress.current.completed > 0
+        return self._loader.state_dict() if inside and _restores_itself(self._loader) else None
 
     # -- where the epoch's batches come from -----------------------------------------------------
     def _started(self, loader: Iterable[Any]) -> Iterable[Any]:
@@ -164,33 +180,32 @@ class EpochLoop(Loop):
         self.epoch_start_rng = RngState.capture(sampler_generator(loader))  # ~100 µs, once per epoch
         return loader
 
-    def _continued(self, loader: Iterable[Any], skip: int) -> Iterable[Any]:
-        """The rest of an epoch ``skip`` batches in: the epoch's shuffle replayed, the RNGs continued."""
+    def _continued(self, loader: Iterable[Any], skip: int) -> Iterator[Any]:
+        """The rest of an epoch ``skip`` batches in: the epoch's shuffle replayed, the RNGs continued.
+
+        Lazy, so nothing is drawn unless a batch is asked for: an epoch whose batches were all
+        trained on leaves the RNGs exactly as saved.
+        """
         generator = sampler_generator(loader)
         now = RngState.capture(generator)
         if self.epoch_start_rng is not None:
             self.epoch_start_rng.restore(generator)
-        # A loader with its own state (e.g. torchdata's StatefulDataLoader) reloaded its position.
-        restores_itself = callable(getattr(loader, "load_state_dict", None))
-        rest = loader if restores_itself else skip_batches(loader, skip)
-        return _then_restore(rest, now, generator)
+
+        def continue_from_checkpoint() -> None:  # the epoch's data drawn as far as when saved
+            now.restore(generator)
+
+        position, self._loader_position = self._loader_position, None
+        if position is not None and _restores_itself(loader):  # e.g. torchdata's StatefulDataLoader
+            loader.load_state_dict(position)  # type: ignore[attr-defined]
+            yield from calling_after(iter(loader), 1, continue_from_checkpoint)
+        else:
+            yield from skip_batches(loader, skip, at_position=continue_from_checkpoint)
 
 
-def _then_restore(batches: Iterable[Any], rng: RngState, generator: Any) -> Iterator[Any]:
-    """``batches``, restoring ``rng`` once the first batch was fetched (or there was none).
-
-    Creating the iterator and fetching the first batch draw the shuffle from the epoch-start RNG;
-    from then on training must continue from the RNG state of the checkpoint.
-    """
-    iterator = iter(batches)
-    try:
-        first = next(iterator)
-    except StopIteration:
-        rng.restore(generator)
-        return
-    rng.restore(generator)
-    yield first
-    yield from iterator
+def _restores_itself(loader: Any) -> bool:
+    return callable(getattr(loader, "state_dict", None)) and callable(
+        getattr(loader, "load_state_dict", None)
+    )
 
 
 def _grouped(batches: Iterator[tuple[int, Any]], size: int, ctx: LoopContext) -> Iterator[Group]:
