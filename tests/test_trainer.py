@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import csv
 import math
-import uuid
 from typing import Any
 
-import fsspec
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
-from torchmetrics.classification import MulticlassAccuracy
 
 import tasktrain as tt
 from tasktrain.callbacks import Callback
-from tasktrain.loggers import CSVLogger, Logger
+from tasktrain.loggers import Logger
 
 QUIET: dict[str, Any] = dict(logger=False, enable_progress_bar=False, enable_checkpointing=False)
 
@@ -136,50 +133,9 @@ def test_fit_rejects_a_plain_module():
         tt.Trainer(**QUIET).fit(torch.nn.Linear(1, 1), _loader(4, 2))
 
 
-def test_validate_and_test_return_one_metrics_dict():
-    module = Regressor()
-    loader = _loader(10, 4)
-    with torch.no_grad():
-        expected = torch.nn.functional.mse_loss(
-            module.net(loader.dataset.tensors[0]), loader.dataset.tensors[1]
-        )
-    (val,) = tt.Trainer(**QUIET).validate(module, loader)
-    (test,) = tt.Trainer(**QUIET).test(module, loader)
-    assert set(val) == {"val/loss"} and set(test) == {"test/loss"}
-    # batch-size weighted mean of per-batch means (4, 4, 2) == the mean over all samples
-    assert val["val/loss"] == pytest.approx(float(expected), rel=1e-5)
-    assert test["test/loss"] == pytest.approx(float(expected), rel=1e-5)
-
-
 def test_validate_without_dataloader_names_the_hook():
     with pytest.raises(ValueError, match="val_dataloader"):
         tt.Trainer(**QUIET).validate(Regressor())
-
-
-def test_evaluation_runs_in_eval_mode_without_grad_and_restores_train_mode():
-    seen: list[tuple[bool, bool]] = []
-
-    class Probe(Regressor):
-        def validation_step(self, batch, batch_idx):
-            seen.append((self.training, torch.is_grad_enabled()))
-            return super().validation_step(batch, batch_idx)
-
-    module = Probe()
-    module.train()
-    tt.Trainer(**QUIET).validate(module, _loader(4, 2))
-    assert seen == [(False, False), (False, False)]
-    assert module.training
-
-
-def test_limit_val_batches():
-    calls: list[int] = []
-
-    class Probe(Regressor):
-        def validation_step(self, batch, batch_idx):
-            calls.append(batch_idx)
-
-    tt.Trainer(limit_val_batches=2, **QUIET).validate(Probe(), _loader(20, 2))
-    assert calls == [0, 1]
 
 
 def test_on_nonfinite_loss_raise_names_the_step():
@@ -193,35 +149,6 @@ def test_on_nonfinite_loss_raise_names_the_step():
 
 
 # -- logging: steps ------------------------------------------------------------------------------
-
-
-def test_step_values_are_flushed_every_log_every_n_steps_to_csv():
-    class Logs(Regressor):
-        def training_step(self, batch, batch_idx):
-            self.log("my/float", float(batch_idx))
-            self.log("my/tensor", torch.tensor(10.0 * batch_idx))
-            return super().training_step(batch, batch_idx)
-
-    root = f"memory://tt-{uuid.uuid4().hex}"
-    logger = CSVLogger(root)
-    # 7 micro-batches, accumulation 1: steps 1..7, logged at 3 and 6, and the rest at epoch end (7)
-    trainer = tt.Trainer(
-        max_epochs=1,
-        log_every_n_steps=3,
-        logger=logger,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-    )
-    trainer.fit(Logs(), _loader(14, 2))
-
-    with fsspec.open(f"{logger.log_dir}/metrics.csv", "r") as f:
-        rows = list(csv.DictReader(f))
-    stepped = [r for r in rows if r["my/float"] != ""]
-    assert [int(r["step"]) for r in stepped] == [3, 6, 7]
-    # the latest value logged in the interval: batch_idx of the step's micro-batch
-    assert [float(r["my/float"]) for r in stepped] == [2.0, 5.0, 6.0]
-    assert [float(r["my/tensor"]) for r in stepped] == [20.0, 50.0, 60.0]
-    assert all(r["train/loss"] != "" for r in stepped)
 
 
 def test_train_loss_logged_is_the_mean_of_step_losses_over_the_interval():
@@ -307,14 +234,6 @@ def _weighted(sizes: list[int]) -> float:
     return sum(s * s for s in sizes) / sum(sizes)
 
 
-def test_validation_epoch_values_are_batch_size_weighted():
-    # 10 samples in batches of 4: sizes 4, 4, 2 -> (16 + 16 + 4) / 10 = 3.6, not (4 + 4 + 2) / 3
-    (metrics,) = tt.Trainer(**QUIET).validate(SizeLogger(), _loader(10, 4))
-    assert metrics["val/size"] == pytest.approx(_weighted([4, 4, 2]))
-    # explicit batch_size: values 0, 1, 2 with weights 1, 2, 3
-    assert metrics["val/explicit"] == pytest.approx((0 * 1 + 1 * 2 + 2 * 3) / 6)
-
-
 def test_training_epoch_values_are_batch_size_weighted():
     rec = Recorder()
     trainer = tt.Trainer(max_epochs=2, logger=rec, enable_progress_bar=False, enable_checkpointing=False)
@@ -322,68 +241,6 @@ def test_training_epoch_values_are_batch_size_weighted():
     assert [v for _, v in rec.values("val/size")] == pytest.approx([3.6, 3.6])
     assert [v for _, v in rec.values("train/size")] == pytest.approx([_weighted([4, 4, 2])] * 2)
     assert [step for step, _ in rec.values("train/size")] == [3, 6]
-
-
-class Classifier(tt.TaskModule):
-    """Predicts class ``x[:, 0]`` in epoch 0 (all correct) and class 0 afterwards."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = torch.nn.Linear(1, 3)
-        self.accuracy = MulticlassAccuracy(num_classes=3, average="micro")
-
-    def compute_loss(self, batch):
-        x, _ = batch
-        return self.net(x).pow(2).mean()
-
-    def predictions(self, x):
-        if self.current_epoch == 0:
-            return x[:, 0].long()
-        return torch.zeros(x.shape[0], dtype=torch.long)
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.accuracy.update(self.predictions(x), y)
-        self.log("val/acc", self.accuracy)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
-
-
-def _class_data(n: int = 11) -> TensorDataset:
-    y = torch.tensor([i % 3 for i in range(n)])
-    x = y.float().unsqueeze(1)
-    return TensorDataset(x, y)
-
-
-def test_metric_over_the_whole_validation_epoch():
-    data = _class_data(11)
-    labels = data.tensors[1]
-    module = Classifier()
-    (metrics,) = tt.Trainer(**QUIET).validate(module, DataLoader(data, batch_size=4))
-    assert metrics["val/acc"] == pytest.approx(1.0)
-
-    # A hand-computed accuracy over the full set, for predictions of class 0 (sizes 4, 4, 3).
-    rec: list[float] = []
-
-    class Grab(Callback):
-        def on_validation_end(self, trainer, module):
-            rec.append(trainer.callback_metrics["val/acc"])
-
-    trainer = tt.Trainer(max_epochs=2, callbacks=[Grab()], **QUIET)
-    trainer.fit(module, DataLoader(data, batch_size=4), DataLoader(data, batch_size=4))
-    zero_acc = float((labels == 0).float().mean())  # 4 of 11, not the mean of per-batch accuracies
-    assert rec == pytest.approx([1.0, zero_acc])  # reset between epochs: epoch 1 is not a mix
-    assert zero_acc != pytest.approx((2 / 4 + 1 / 4 + 1 / 3) / 3)
-
-
-def test_metric_reset_between_validate_calls():
-    module = Classifier()
-    trainer = tt.Trainer(**QUIET)
-    first = trainer.validate(module, DataLoader(_class_data(9), batch_size=4))[0]["val/acc"]
-    second = trainer.validate(module, DataLoader(_class_data(6), batch_size=4))[0]["val/acc"]
-    assert first == second == pytest.approx(1.0)
-    assert module.accuracy.update_count == 0
 
 
 def test_callback_metrics_and_fit_result_hold_the_latest_values():

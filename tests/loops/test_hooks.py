@@ -182,16 +182,6 @@ def test_evaluation_hook_order(method: str, prefix: str):
     assert calls == _both(_eval_hooks(prefix, num_batches=3, step=0))
 
 
-def test_predict_returns_outputs_in_order():
-    loader = _loader(7, 3)
-    module = _Task([])
-    outputs = _trainer().predict(module, loader)
-    assert len(outputs) == 3
-    with torch.no_grad():
-        expected = torch.cat([module.net(x) for x, _ in loader])
-    torch.testing.assert_close(torch.cat(outputs), expected)
-
-
 def test_on_save_checkpoint_and_on_exception(tmp_path):
     calls: list[tuple[Any, ...]] = []
     trainer = _trainer(max_steps=1, callbacks=[RecordingCallback(calls)])
