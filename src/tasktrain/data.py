@@ -6,7 +6,7 @@ import itertools
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning_utilities.core.apply_func import apply_to_collection
@@ -20,6 +20,9 @@ from torch.utils.data import (
     Sampler,
     SequentialSampler,
 )
+
+if TYPE_CHECKING:
+    from tasktrain.strategies.base import Strategy
 
 
 class SkipFirstBatches(Sampler[list[int]]):
@@ -243,6 +246,20 @@ def shard_for_prediction(
     shard = PredictionShard(size, num_replicas, rank, batch_sampler.batch_size, batch_sampler.drop_last)
     batches = BatchSampler(shard.indices(), shard.batch_size, shard.drop_last)
     return _with_batch_sampler(dataloader, batches), shard
+
+
+def gather_predictions(outputs: list[Any], shard: PredictionShard | None, strategy: Strategy) -> list[Any]:
+    """Every data-parallel rank's ``predict_step`` outputs, in dataset order, on every rank.
+
+    ``shard`` (from :func:`shard_for_prediction`) trims this rank's padding first. Ranks of one
+    tensor-parallel group predicted the same batches: one copy per data-parallel rank is kept.
+    """
+    if shard is not None:
+        outputs = shard.trim(outputs)
+    if strategy.world_size == 1:
+        return outputs
+    per_rank = dict(reversed(strategy.all_gather_object((strategy.data_parallel_rank, outputs))))
+    return [out for rank in sorted(per_rank) for out in per_rank[rank]]
 
 
 def sampler_generator(dataloader: Iterable[Any] | None) -> torch.Generator | None:

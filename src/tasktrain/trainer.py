@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader
 from tasktrain.callbacks import Callback, ModelCheckpoint, Preemption, ProgressBar
 from tasktrain.checkpoint import manager
 from tasktrain.checkpoint.manager import resolve_ckpt_path
-from tasktrain.data import sampler_generator
+from tasktrain.compile import apply_compile
+from tasktrain.data import gather_predictions, sampler_generator, shard_for_prediction
 from tasktrain.log_buffer import LogBuffer
 from tasktrain.loggers import CSVLogger, Logger
 from tasktrain.loops import (
@@ -218,11 +219,9 @@ class Trainer:
             >>> result.metrics["train_steps_per_second"]            # doctest: +SKIP
         """
         self.strategy.check_module(module)
-        if self.strategy.needs_launch:  # devices=N: run this fit in N new processes
+        if processes := self.strategy.processes_to_launch:  # devices=N: run this fit in N new processes
             payload = spawn(
-                _fit_in_worker,
-                (self, module, train_dataloaders, val_dataloaders, ckpt_path),
-                self.strategy.num_processes,
+                _fit_in_worker, (self, module, train_dataloaders, val_dataloaders, ckpt_path), processes
             )
             return self._adopt_worker_result(module, payload)
         with self._run(module, "fit"):
@@ -282,17 +281,18 @@ class Trainer:
         differently than in one process); a loader that shards itself is left as it is.
         """
         self.strategy.check_module(module)
-        if self.strategy.needs_launch:
-            return spawn(
-                _call_in_worker,
-                (self, "predict", module, dataloaders, ckpt_path),
-                self.strategy.num_processes,
-            )["result"]
+        if processes := self.strategy.processes_to_launch:
+            payload = spawn(_call_in_worker, (self, "predict", module, dataloaders, ckpt_path), processes)
+            return payload["result"]
         with self._run(module, "predict"):
             self._load_weights(ckpt_path)
-            loader = dataloaders if dataloaders is not None else module.predict_dataloader()
-            loader = self.strategy.process_predict_dataloader(loader)
-            return self.strategy.gather_predictions(self.predict_loop.run(self._context(module), loader))
+            strategy = self.strategy
+            loader, shard = shard_for_prediction(
+                dataloaders if dataloaders is not None else module.predict_dataloader(),
+                strategy.data_parallel_size,
+                strategy.data_parallel_rank,
+            )
+            return gather_predictions(self.predict_loop.run(self._context(module), loader), shard, strategy)
 
     def save_checkpoint(self, path: str, max_shard_bytes: int | None = None) -> None:
         """Save everything needed to resume exactly to the directory ``path`` (local path or URL).
@@ -383,8 +383,8 @@ class Trainer:
             with self.strategy.module_init_context():
                 module.configure_model()
             self.strategy.setup_module(module)
-            if self.args.compile_options is not None:  # after wrapping/sharding: see Strategy.compile_module
-                self.strategy.compile_module(module, self.args.compile_options)
+            if self.args.compile_options is not None:  # after wrapping/sharding, inside any wrapper
+                apply_compile(module, self.args.compile_options)
             self._setup_done_for = module
 
     def _context(self, module: TaskModule[Any]) -> LoopContext:
@@ -409,10 +409,8 @@ class Trainer:
         loop: EvaluationLoop,
     ) -> list[dict[str, float]]:
         self.strategy.check_module(module)
-        if self.strategy.needs_launch:  # devices=N: evaluate in N new processes, each on its shard
-            payload = spawn(
-                _call_in_worker, (self, stage, module, dataloaders, ckpt_path), self.strategy.num_processes
-            )
+        if processes := self.strategy.processes_to_launch:  # devices=N: evaluate in N new processes
+            payload = spawn(_call_in_worker, (self, stage, module, dataloaders, ckpt_path), processes)
             return payload["result"]
         with self._run(module, stage):
             self._load_weights(ckpt_path)

@@ -325,7 +325,7 @@ class _Run:
             seed_everything(trainer.args.seed)
         module = _build_task(self.task, params)
         # devices=N: the ranks run in new processes, so they reach the trial through a server here.
-        server = _TrialServer(trial) if trial is not None and trainer.strategy.needs_launch else None
+        server = _TrialServer(trial) if trial is not None and trainer.strategy.processes_to_launch else None
         trainer.callbacks.append(
             PruningCallback(server.remote() if server is not None else trial, self.monitor)
         )

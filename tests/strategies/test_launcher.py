@@ -106,17 +106,17 @@ def test_invalid_device_combinations_fail_at_construction_before_spawning(no_spa
 
 
 def test_a_process_already_launched_by_torchrun_does_not_spawn(monkeypatch):
-    assert tt.Trainer(strategy="ddp", devices=2, accelerator="cpu").strategy.needs_launch
+    assert tt.Trainer(strategy="ddp", devices=2, accelerator="cpu").strategy.processes_to_launch == 2
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
     strategy = tt.Trainer(strategy="ddp", devices=2, accelerator="cpu").strategy
-    assert not strategy.needs_launch
+    assert not strategy.processes_to_launch
     assert (strategy.world_size, strategy.global_rank) == (2, 0)
 
 
 def test_one_device_does_not_spawn(no_spawn, tmp_path):
     trainer = tt.Trainer(strategy="ddp", devices=1, accelerator="cpu", max_steps=1, **_quiet(tmp_path))
-    assert not trainer.strategy.needs_launch
+    assert not trainer.strategy.processes_to_launch
 
 
 # -- 8. a user's strategy ------------------------------------------------------------------------------
@@ -146,7 +146,7 @@ def test_auto_under_torchrun_is_ddp(monkeypatch):
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
     strategy = tt.Trainer(logger=False).strategy
-    assert isinstance(strategy, DDP) and strategy.launched and not strategy.needs_launch
+    assert isinstance(strategy, DDP) and strategy.launched and not strategy.processes_to_launch
 
 
 def test_ddp_with_one_device_runs_in_a_group_of_one():

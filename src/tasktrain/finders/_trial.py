@@ -41,7 +41,7 @@ def trial_trainer(
         enable_progress_bar=False,
         **kwargs,
     )
-    if trainer.strategy.needs_launch:
+    if trainer.strategy.processes_to_launch:
         raise ValueError(
             f"{caller}(trainer_kwargs={kwargs!r}): finders run in this process; drop devices>1 "
             "(a batch size or learning rate found on one process carries over per rank)"

@@ -87,6 +87,11 @@ class Strategy:
         """How many ranks read different data (gradients are averaged over them)."""
         return self.world_size
 
+    @property
+    def data_parallel_rank(self) -> int:
+        """Which share of the data this rank reads (ranks of one tensor-parallel group share one)."""
+        return self.global_rank
+
     # -- setup -----------------------------------------------------------------------------------
     def setup_environment(self) -> None:
         """Prepare the process (device selection, process group). Called first in every run."""
@@ -94,25 +99,13 @@ class Strategy:
         self.precision.setup(self.root_device)
 
     @property
-    def needs_launch(self) -> bool:
-        """Whether ``fit`` must first start the other processes of the job (see ``launcher.spawn``)."""
-        return False
-
-    @property
-    def num_processes(self) -> int:
-        return 1
+    def processes_to_launch(self) -> int:
+        """How many processes ``fit`` must start to run the job (``launcher.spawn``); 0: run here."""
+        return 0
 
     def process_dataloader(self, dataloader: Any, seed: int = 0) -> Any:
-        """The dataloader as this rank should read it (data-parallel strategies shard it)."""
+        """The training or evaluation dataloader as this rank should read it (data-parallel strategies shard it)."""
         return dataloader
-
-    def process_predict_dataloader(self, dataloader: Any) -> Any:
-        """The prediction dataloader as this rank should read it (data-parallel strategies split it)."""
-        return dataloader
-
-    def gather_predictions(self, outputs: list[Any]) -> list[Any]:
-        """Every rank's ``predict_step`` outputs, in dataset order (this rank's alone on one process)."""
-        return outputs
 
     def check_module(self, module: nn.Module) -> None:
         """Fail early (before any process starts) if ``module`` cannot run under this strategy."""
@@ -124,17 +117,6 @@ class Strategy:
         wrapper itself and routes steps through it in :meth:`forward_step`.
         """
         return self.precision.convert_module(module).to(self.root_device)
-
-    def compile_module(self, module: nn.Module, options: dict[str, Any]) -> None:
-        """Compile the module's computation with torch.compile ``options``; called after :meth:`setup_module`.
-
-        The default compiles the module's submodules in place
-        (:func:`~tasktrain.compile.apply_compile`), inside whatever wrapper this strategy built, so
-        the wrapper's hooks (DDP's gradient sync, FSDP's all-gathers) stay outside the graphs.
-        """
-        from tasktrain.compile import apply_compile
-
-        apply_compile(module, options)
 
     def configure(
         self, accumulate_grad_batches: int, gradient_clip_val: float | None, gradient_clip_algorithm: str

@@ -11,7 +11,7 @@ import torch.distributed as dist
 from lightning_utilities.core.rank_zero import rank_zero_only
 from torch import Tensor
 
-from tasktrain.data import PredictionShard, shard_for_prediction, with_distributed_sampler
+from tasktrain.data import with_distributed_sampler
 from tasktrain.precision import Precision
 from tasktrain.strategies.base import Strategy
 from tasktrain.strategies.launcher import free_port
@@ -48,11 +48,6 @@ class ParallelStrategy(Strategy):
         self._num_processes = num_processes
         self.accelerator = accelerator
         self.timeout = timeout
-        self._prediction_shard: PredictionShard | None = None
-
-    @property
-    def num_processes(self) -> int:
-        return self._num_processes
 
     @property
     def world_size(self) -> int:
@@ -72,28 +67,11 @@ class ParallelStrategy(Strategy):
         return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
     @property
-    def needs_launch(self) -> bool:
-        return not self.launched and self._num_processes > 1
+    def processes_to_launch(self) -> int:
+        return 0 if self.launched or self._num_processes <= 1 else self._num_processes
 
     def process_dataloader(self, dataloader: Any, seed: int = 0) -> Any:
         return with_distributed_sampler(dataloader, self.data_parallel_size, self.data_parallel_rank, seed)
-
-    @property
-    def data_parallel_rank(self) -> int:
-        return self.global_rank
-
-    def process_predict_dataloader(self, dataloader: Any) -> Any:
-        loader, self._prediction_shard = shard_for_prediction(
-            dataloader, self.data_parallel_size, self.data_parallel_rank
-        )
-        return loader
-
-    def gather_predictions(self, outputs: list[Any]) -> list[Any]:
-        if self._prediction_shard is not None:
-            outputs = self._prediction_shard.trim(outputs)
-        # Ranks of one tensor-parallel group predicted the same batches: keep one copy per data rank.
-        per_rank = dict(reversed(self.all_gather_object((self.data_parallel_rank, outputs))))
-        return [out for rank in sorted(per_rank) for out in per_rank[rank]]
 
     def setup_environment(self) -> None:
         use_cuda = self.accelerator == "cuda" or (self.accelerator == "auto" and torch.cuda.is_available())

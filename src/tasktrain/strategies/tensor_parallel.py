@@ -7,6 +7,7 @@ from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 from typing import Any
 
+import torch
 import torch.distributed as dist
 from lightning_utilities.core.apply_func import apply_to_collection
 from lightning_utilities.core.overrides import is_overridden
@@ -99,14 +100,12 @@ class TensorParallel(DTensorCheckpointing, ParallelStrategy):
         return self.mesh["dp"].get_group()
 
     def _call_step(self, step: Callable[[Any, int], Any], batch: Any, batch_idx: int) -> Any:
-        if self.model is not None:
-            return self.model(step, batch, batch_idx)  # type: ignore[operator]
-        return step(batch, batch_idx)
-
-    def gather_predictions(self, outputs: list[Any]) -> list[Any]:
-        # Outputs of a tensor-parallel layer are AsyncCollectiveTensors: the last batch's all-reduce
-        # may still be in flight, and pickling reads the buffer without waiting for it.
-        return super().gather_predictions(apply_to_collection(outputs, AsyncCollectiveTensor, _wait))
+        outputs = self.model(step, batch, batch_idx) if self.model is not None else step(batch, batch_idx)  # type: ignore[operator]
+        if torch.is_grad_enabled():
+            return outputs
+        # Evaluation outputs of a tensor-parallel layer are AsyncCollectiveTensors whose all-reduce may
+        # still be in flight; gathering predictions pickles them, which reads the buffer without waiting.
+        return apply_to_collection(outputs, AsyncCollectiveTensor, _wait)
 
     def no_backward_sync(self, enabled: bool) -> AbstractContextManager[Any]:
         return gradient_sync(self.model, sync=not enabled) if self.model is not None else nullcontext()
