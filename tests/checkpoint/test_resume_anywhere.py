@@ -18,12 +18,12 @@ The run: 20 samples in batches of 2 are 10 micro-batches; accumulating 2 makes 5
 steps per epoch. The module has dropout and AdamW with a per-step StepLR, and the data is
 shuffled, by the sampler's own ``torch.Generator`` or by the global RNG.
 
-Some of these tests pin a known defect: a save taken when the last batch of an epoch has been
-trained on (after a ``fit`` that ended on an epoch boundary, or in ``on_train_step_end`` at the
-last step of an epoch) is not an exact resume point: the resumed run replays the finished epoch
-as an empty one and continues with other random streams. Others pin a second one: resumed into
-an epoch's last group, whose last batch is partial, a sampler with its own generator shuffles
-the next epoch differently. And ``StatefulDataLoader``'s state cannot be checkpointed at all.
+These pin defects of the first release (found through this file, fixed by the state rework): a
+save taken when the last batch of an epoch had been trained on (after a ``fit`` that ended on an
+epoch boundary, or in ``on_train_step_end`` at an epoch's last step) resumed by replaying the
+finished epoch as an empty one, with other random streams; a resume into an epoch's last group
+whose last batch is partial shuffled the next epoch differently under a sampler with its own
+generator; and ``StatefulDataLoader``'s state could not be checkpointed at all.
 """
 
 from __future__ import annotations

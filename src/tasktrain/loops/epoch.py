@@ -101,6 +101,7 @@ class EpochLoop(Loop):
                 self.exhausted = True
                 break
         self.on_run_end(ctx)
+        self._groups = None  # let go of the dataloader iterator (and its worker processes)
 
     def reset(self, ctx: LoopContext) -> None:
         """Prepare the epoch's groups: from its start, or from where a loaded state left it."""
