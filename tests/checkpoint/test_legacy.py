@@ -7,23 +7,13 @@ them must give what the uninterrupted run gives today, bit for bit.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
+import scenario  # tests/checkpoint/legacy/scenario.py, on sys.path through conftest.py
 import torch
 
 from tasktrain.checkpoint import read_state
-
-_spec = importlib.util.spec_from_file_location(
-    "legacy_scenario", Path(__file__).parent / "legacy" / "scenario.py"
-)
-assert _spec is not None and _spec.loader is not None
-scenario = importlib.util.module_from_spec(_spec)
-sys.modules["legacy_scenario"] = scenario
-_spec.loader.exec_module(scenario)
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +48,19 @@ def test_resuming_writes_the_current_format(tmp_path):
     _, trainer = scenario.fit(tmp_path / "run", 4, ckpt_path=str(tmp_path / "ckpt"), seed=99)
     last = trainer.callbacks[[type(cb).__name__ for cb in trainer.callbacks].index("ModelCheckpoint")].last
     assert read_state(last)["format_version"] == 2
+
+
+def test_a_format_1_fsdp_checkpoint_resumes_exactly_under_fsdp(tmp_path):
+    """DCP shards of model and optimizer written by version 1 on 2 ranks, resumed on 2 ranks."""
+    ((fixture, _),) = scenario.V1_FSDP.items()
+    path = tmp_path / "ckpt"
+    shutil.copytree(scenario.FIXTURES / fixture, path)
+    assert read_state(str(path))["format_version"] == 1
+    fsdp = {"strategy": "fsdp", "devices": 2, "trainer_seed": 0}  # the ranks' RNGs seeded, as when saved
+    full, _ = scenario.fit(tmp_path / "full", scenario.TOTAL_STEPS, **fsdp)
+    resumed, trainer = scenario.fit(
+        tmp_path / "run", scenario.TOTAL_STEPS, ckpt_path=str(path), seed=99, **fsdp
+    )
+    assert trainer.state.global_step == scenario.TOTAL_STEPS
+    for name, value in full.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name

@@ -10,14 +10,22 @@ from __future__ import annotations
 import shutil
 import tempfile
 
-from scenario import FIXTURES, V1, fit
+from scenario import FIXTURES, V1, V1_FSDP, fit
 
 from tasktrain.checkpoint import find_last
 
-for name, step in V1.items():
+
+def save(name: str, step: int, **trainer_kwargs: object) -> None:
     with tempfile.TemporaryDirectory() as root:
-        fit(root, step)
+        fit(root, step, **trainer_kwargs)
         target = FIXTURES / name
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(find_last(root), target)
         print(name, "<-", step)
+
+
+if __name__ == "__main__":  # the FSDP fixture spawns processes that import this file
+    for name, step in V1.items():
+        save(name, step)
+    for name, step in V1_FSDP.items():
+        save(name, step, strategy="fsdp", devices=2, trainer_seed=0)

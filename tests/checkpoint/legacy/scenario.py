@@ -19,6 +19,8 @@ import tasktrain as tt
 FIXTURES = Path(__file__).parent
 #: fixture directory -> the step it was saved at (``v1``: tasktrain 0.x, checkpoint format_version 1).
 V1 = {"v1/mid-epoch": 3, "v1/epoch-end": 5}
+#: the same run under FSDP on 2 processes (DCP shards), saved inside its first epoch.
+V1_FSDP = {"v1/fsdp-mid-epoch": 3}
 TOTAL_STEPS = 12
 
 
@@ -48,8 +50,18 @@ def loader() -> DataLoader:
     )
 
 
-def fit(root: Path | str, max_steps: int, ckpt_path: str | None = None, seed: int = 0, **kwargs: Any):
-    """One run from ``seed``'s initial weights; returns ``(module, trainer)``."""
+def fit(
+    root: Path | str,
+    max_steps: int,
+    ckpt_path: str | None = None,
+    seed: int = 0,
+    trainer_seed: int | None = None,
+    **kwargs: Any,
+):
+    """One run from ``seed``'s initial weights; returns ``(module, trainer)``.
+
+    ``trainer_seed`` is ``Trainer(seed=...)``: spawned ranks need it for a reproducible run.
+    """
     torch.manual_seed(seed)
     module = LegacyNet()
     trainer = tt.Trainer(
@@ -59,6 +71,7 @@ def fit(root: Path | str, max_steps: int, ckpt_path: str | None = None, seed: in
         logger=False,
         enable_progress_bar=False,
         accelerator="cpu",
+        seed=trainer_seed,
         **kwargs,
     )
     trainer.fit(module, loader(), ckpt_path=ckpt_path)
