@@ -69,16 +69,18 @@ class SkipFirstBatches(Sampler[list[int]]):
 
 
 def calling_after(items: Iterator[Any], count: int, callback: Callable[[], None] | None) -> Iterator[Any]:
-    """``items``, calling ``callback`` when the next item after the first ``count`` is asked for (or
-    when ``items`` ends first): that is, once exactly ``count`` items have been drawn."""
-    called = callback is None
-    for i, item in enumerate(items):
-        if i == count and not called:
-            callback()  # type: ignore[misc]  # not None unless called
-            called = True
-        yield item
-    if not called:
-        callback()  # type: ignore[misc]
+    """``items``, calling ``callback`` once ``count`` of them have been drawn, before the next one is
+    (or at the end, if there are fewer).
+
+    Example:
+        >>> list(calling_after(iter("abc"), 1, lambda: print("now")))
+        now
+        ['a', 'b', 'c']
+    """
+    yield from itertools.islice(items, count)
+    if callback is not None:
+        callback()
+    yield from items
 
 
 def skip_batches(

@@ -52,7 +52,9 @@ def test_tensors_go_beside_the_json_and_come_back_equal():
 
 
 def test_anything_else_is_refused_naming_where_it_is():
-    with pytest.raises(StateEncodingError, match=r"callbacks\.Mine\.fn holds a builtin_function_or_method"):
+    with pytest.raises(
+        StateEncodingError, match=r"callbacks\.Mine\.fn holds a value of type builtin_function_or_method"
+    ):
         encode({"fn": print}, {}, "callbacks.Mine")
-    with pytest.raises(StateEncodingError, match=r"loop\.items\[1\] holds a set"):
+    with pytest.raises(StateEncodingError, match=r"loop\.items\[1\] holds a value of type set"):
         encode({"items": [1, {2}]}, {}, "loop")

@@ -387,17 +387,21 @@ def loaders_outlive_trainers() -> Iterator[list[Any]]:
 
 
 @pytest.mark.parametrize(
-    ("workers", "stop"),
-    [(0, 3), (0, STEPS_PER_EPOCH), (0, 7), (2, 3), (2, STEPS_PER_EPOCH)],
+    ("workers", "stop", "accumulate"),
+    [(0, 3, 2), (0, STEPS_PER_EPOCH, 2), (0, 7, 2), (2, 3, 2), (2, STEPS_PER_EPOCH, 2), (0, 3, 1), (2, 3, 1)],
     ids=[
         "0-workers-mid-epoch0",
         "0-workers-epoch-end",
         "0-workers-mid-epoch1",
         "2-workers-mid-epoch0",
         "2-workers-epoch-end",
+        "0-workers-mid-epoch0-no-accumulation",  # the first resumed batch trains before a second is read
+        "2-workers-mid-epoch0-no-accumulation",
     ],
 )
-def test_stateful_dataloader_resumes_from_last_exactly(tmp_path, loaders_outlive_trainers, workers, stop):
+def test_stateful_dataloader_resumes_from_last_exactly(
+    tmp_path, loaders_outlive_trainers, workers, stop, accumulate
+):
     """torchdata's ``StatefulDataLoader`` (``shuffle=True``) through the default checkpoints.
 
     Its ``state_dict()`` holds the sampler generator's state as a tensor. Every run builds its
@@ -405,7 +409,7 @@ def test_stateful_dataloader_resumes_from_last_exactly(tmp_path, loaders_outlive
     how far into the shuffled epoch it is.
     """
     pytest.importorskip("torchdata.stateful_dataloader")
-    run = {"loader": f"stateful-{workers}", "keep": loaders_outlive_trainers}
+    run = {"loader": f"stateful-{workers}", "keep": loaders_outlive_trainers, "accumulate": accumulate}
     expected = _summary(*_fit(tmp_path / "reference", **run))
     _fit(tmp_path / "run", stop, enable_checkpointing=True, **run)
     module, trainer = _fit(tmp_path / "run", ckpt_path="last", seed=1234, enable_checkpointing=True, **run)

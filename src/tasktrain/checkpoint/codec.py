@@ -55,7 +55,7 @@ def encode(state: Any, tensors: dict[str, Tensor], where: str) -> Any:
             ]
         }
     raise StateEncodingError(
-        f"the checkpointed state {where} holds a {type(state).__name__} ({state!r:.60}); state_dict() may hold "
+        f"the checkpointed state {where} holds a value of type {type(state).__name__} ({state!r:.60}); state_dict() may hold "
         "only plain data (None, bool, int, float, str, list, tuple, dict) and tensors"
     )
 

@@ -10,8 +10,9 @@
         optimizer.pt                      the state of every optimizer, by position (unless sharded);
                                           loaded with torch.load(weights_only=True)
         trainer_state.json                step, epoch, hparams, versions, strategy and world size, and
-                                          "states": every Stateful's state_dict() by name (loops,
-                                          schedulers, precision, callbacks, dataloader, RNG...) as JSON
+                                          "states": every Stateful's state_dict() by name (loops
+                                          and the data position, schedulers, precision, callbacks,
+                                          RNG...) as JSON
         states.safetensors                the tensors those states hold, and the states of ranks > 0
                                           where they differ from rank 0's (see checkpoint/codec.py)
         manifest.json                     written last: the file list with sizes (see storage.py)

@@ -192,13 +192,13 @@ class EpochLoop(Loop):
         if self.epoch_start_rng is not None:
             self.epoch_start_rng.restore(generator)
 
-        def continue_from_checkpoint() -> None:  # the epoch's data drawn as far as when saved
+        def continue_from_checkpoint() -> None:  # the epoch's order drawn as far as when saved
             now.restore(generator)
 
         position, self._loader_position = self._loader_position, None
         if position is not None and _restores_itself(loader):  # e.g. torchdata's StatefulDataLoader
             loader.load_state_dict(position)  # type: ignore[attr-defined]
-            yield from calling_after(iter(loader), 1, continue_from_checkpoint)
+            yield from calling_after(iter(loader), 0, continue_from_checkpoint)  # iter() drew its seeds
         else:
             yield from skip_batches(loader, skip, at_position=continue_from_checkpoint)
 
