@@ -59,10 +59,19 @@ class RngState:
             torch.cuda.set_rng_state_all(self.torch_cuda)
 
     def state_dict(self) -> dict[str, Any]:
-        """The snapshot as plain data and tensors (see :mod:`tasktrain.checkpoint.codec`)."""
+        """The snapshot as plain data and tensors (see :mod:`tasktrain.checkpoint.codec`).
+
+        The Mersenne Twister words of Python and NumPy (624 each) travel as int64 tensors, so a
+        checkpoint's ``trainer_state.json`` stays short.
+        """
+        version, words, gauss = self.python
+        numpy = None
+        if self.numpy is not None:
+            kind, keys, pos, has_gauss, cached = self.numpy
+            numpy = [kind, _words(keys), pos, has_gauss, cached]
         return {
-            "python": self.python,
-            "numpy": self.numpy,
+            "python": [version, _words(words), gauss],
+            "numpy": numpy,
             "torch_cpu": self.torch_cpu,
             "torch_cuda": list(self.torch_cuda),
             "generator": self.generator,
@@ -70,9 +79,14 @@ class RngState:
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> RngState:
+        version, words, gauss = state["python"]
+        numpy = state["numpy"]
+        if numpy is not None:
+            kind, keys, pos, has_gauss, cached = numpy
+            numpy = [kind, _ints(keys), pos, has_gauss, cached]
         return cls(
-            python=state["python"],
-            numpy=state["numpy"],
+            python=(version, tuple(_ints(words)), gauss),
+            numpy=numpy,
             torch_cpu=state["torch_cpu"],
             torch_cuda=list(state.get("torch_cuda", [])),
             generator=state.get("generator"),
@@ -115,6 +129,14 @@ class ProcessRng:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         RngState.from_state_dict(state).restore(self.generator())
+
+
+def _words(values: Any) -> Tensor:
+    return values if isinstance(values, Tensor) else torch.tensor(list(values), dtype=torch.int64)
+
+
+def _ints(values: Any) -> list[int]:
+    return values.tolist() if isinstance(values, Tensor) else [int(v) for v in values]
 
 
 def _numpy_state() -> Any | None:

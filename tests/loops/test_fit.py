@@ -126,7 +126,8 @@ def test_load_state_dict_into_a_fresh_fit_loop_reproduces_it():
     again = fresh.state_dict()
     rng, saved_rng = again.pop("epoch_loop.epoch_start_rng"), saved.pop("epoch_loop.epoch_start_rng")
     assert again == saved
-    assert torch.equal(rng["torch_cpu"], saved_rng["torch_cpu"]) and rng["python"] == saved_rng["python"]
+    assert torch.equal(rng["torch_cpu"], saved_rng["torch_cpu"])
+    assert torch.equal(rng["python"][1], saved_rng["python"][1])  # the Mersenne Twister words
     assert fresh.epoch_progress.total.completed == 2
     assert fresh.epoch_loop.optimization.progress.total.completed == 6
 
