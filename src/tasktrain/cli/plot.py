@@ -33,7 +33,7 @@ def plot_main(argv: list[str]) -> int:
 
     Example:
         >>> plot_main(["runs", "--out", "curves.png"])  # doctest: +SKIP
-        wrote curves.png: 2 runs (csv/version_0, csv/version_1), 4 metrics
+        wrote curves.png: 2 runs (version_0, version_1), 4 metrics
         0
     """
     parser = argparse.ArgumentParser(
@@ -52,9 +52,7 @@ def plot_main(argv: list[str]) -> int:
     runs = collect_runs(args.dirs, args.metrics)
     path = draw(runs, args.out)
     metrics = {name for series in runs.values() for name in series}
-    print(
-        f"wrote {path}: {len(runs)} run{'s' * (len(runs) != 1)} ({', '.join(runs)}), {len(metrics)} metrics"
-    )
+    print(f"wrote {path}: {_count(len(runs), 'run')} ({', '.join(runs)}), {_count(len(metrics), 'metric')}")
     return 0
 
 
@@ -185,6 +183,10 @@ def _metrics_files(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
         return []
     # find() walks the whole tree once, root's own files included (glob's "**" may skip them)
     return [path for path in fs.find(root) if path.rsplit("/", 1)[-1] == "metrics.csv"]
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def _short_labels(runs: list[tuple[str, ...]]) -> list[str]:
