@@ -82,3 +82,55 @@ def test_csv_jsonl_and_tensorboard_together(tmp_path: Path):
             "lr": 0.1,
             "hidden": 3,
         }
+
+
+class CountingTask(Task):
+    training_steps = 0
+
+    def training_step(self, batch, batch_idx):
+        self.training_steps += 1
+        return super().training_step(batch, batch_idx)
+
+
+def test_an_unwritable_log_dir_fails_fit_before_the_first_training_step(tmp_path: Path):
+    (tmp_path / "file").write_text("not a folder")
+    root = tmp_path / "file" / "runs"  # cannot be created, even as root (chmod would not stop root)
+    loader = DataLoader(TensorDataset(torch.randn(8, 2), torch.randn(8, 1)), 2)
+
+    def trainer(loggers: list) -> tt.Trainer:
+        return tt.Trainer(
+            max_epochs=1,
+            logger=loggers,
+            default_root_dir=tmp_path,
+            enable_progress_bar=False,
+            enable_checkpointing=False,
+        )
+
+    module = CountingTask()
+    with pytest.raises(OSError, match="CSVLogger: cannot write to the log directory") as info:
+        trainer([JSONLLogger(str(tmp_path)), CSVLogger(str(root))]).fit(module, loader)
+    assert f"'{root}/csv/version_0'" in str(info.value)
+    assert module.training_steps == 0 and module.global_step == 0
+
+    trainer([CSVLogger(str(tmp_path))]).fit(module, loader)  # the same fit with a writable root
+    assert module.training_steps == 4 and module.global_step == 4  # the count does count
+
+
+def test_under_two_ranks_rank_zeros_check_reaches_the_caller(tmp_path: Path):
+    """Only rank 0 checks (it alone writes); the launcher stops rank 1 instead of letting it hang."""
+    (tmp_path / "file").write_text("not a folder")
+    root = tmp_path / "file" / "runs"
+    loader = DataLoader(TensorDataset(torch.randn(8, 2), torch.randn(8, 1)), 2)
+    trainer = tt.Trainer(
+        strategy="ddp",
+        devices=2,
+        accelerator="cpu",
+        max_epochs=1,
+        logger=CSVLogger(str(root)),
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+    )
+    with pytest.raises(Exception, match="cannot write to the log directory") as info:
+        trainer.fit(Task(), loader)
+    assert f"'{root}/csv/version_0'" in str(info.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import fsspec
@@ -44,7 +45,9 @@ class FileLogger(Logger):
     launching process, before ranks are spawned), so all ranks and later runs of the same logger
     agree on it. Rows are buffered and handed to :meth:`write_rows` every ``flush_every`` rows
     and at :meth:`finalize`. Subclasses implement ``write_rows``, and may override
-    ``write_hyperparams`` (default: ``hparams.json``); both run on rank 0 only.
+    ``write_hyperparams`` (default: ``hparams.json``); both run on rank 0 only. At the start of
+    fit, before the first training step, :meth:`log_hyperparams` checks that the directory can
+    be written (:meth:`check_writable`).
 
     Example:
         >>> class LinesLogger(FileLogger):
@@ -74,7 +77,37 @@ class FileLogger(Logger):
 
     @rank_zero_only
     def log_hyperparams(self, params: dict[str, Any]) -> None:
+        """Check that the run's directory can be written, then record ``params`` (rank 0 only).
+
+        Raises:
+            OSError: the directory cannot be created or written, naming it.
+        """
+        self.check_writable()
         self.write_hyperparams(params)
+
+    def check_writable(self) -> None:
+        """Create the run's directory and write and remove a probe file in it, through fsspec.
+
+        Called by :meth:`log_hyperparams` at the start of fit, so an unwritable directory is found
+        before the first training step rather than at the first flush of metrics.
+
+        Raises:
+            OSError: the directory cannot be created or written; the message names it.
+
+        Example:
+            >>> CSVLogger("memory://runs").check_writable()  # doctest: +SKIP
+        """
+        probe = f"{self._dir_path}/.tasktrain-probe-{uuid.uuid4().hex[:12]}"
+        try:
+            self._fs.makedirs(self._dir_path, exist_ok=True)
+            with self._fs.open(probe, "wb") as f:
+                f.write(b"")
+            self._fs.rm_file(probe)
+        except Exception as error:  # fsspec backends raise their own types, not only OSError
+            raise OSError(
+                f"{type(self).__name__}: cannot write to the log directory {self.log_dir!r} "
+                f"({type(error).__name__}: {error}); pass a writable root_dir or make it writable"
+            ) from error
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
