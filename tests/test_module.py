@@ -1,15 +1,26 @@
-"""TaskModule: hyperparameters, logging outside a run, checkpoints, configure_optimizers forms."""
+"""TaskModule: hyperparameters, logging outside a run, checkpoints, configure_optimizers forms.
+
+Bad arguments fail at the call that made them, naming it: ``self.log`` refuses a name or value
+it could not write (inside ``training_step``, before any flush).
+"""
 
 from __future__ import annotations
 
 import math
+import re
+import warnings
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics import MeanMetric
 
 import tasktrain as tt
+from tasktrain.loggers import Logger
 
 QUIET: dict[str, Any] = dict(logger=False, enable_progress_bar=False, enable_checkpointing=False)
 
@@ -140,6 +151,139 @@ def test_log_after_a_run_warns():
     tt.Trainer(max_steps=1, **QUIET).fit(m, _loader())
     with pytest.warns(UserWarning, match="outside a Trainer"):
         m.log("late", 1.0)
+
+
+# -- self.log checks its arguments at the call ----------------------------------------------
+
+
+class _Rows(Logger):
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, dict[str, float]]] = []
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.rows.append((step, dict(metrics)))
+
+
+class _LogsAtStep(Regressor):
+    """Logs ``value`` under ``metric`` in training step ``at`` (its earlier steps log a good value)."""
+
+    def __init__(self, metric: Any, value: Any, at: int = 2, use_dict: bool = False) -> None:
+        super().__init__()
+        self.bad_name, self.bad_value, self.at, self.use_dict = metric, value, at, use_dict
+        self.calls: list[int] = []
+
+    def training_step(self, batch, batch_idx):
+        self.calls.append(batch_idx)
+        name, value = ("train/ok", 0.5) if batch_idx < self.at else (self.bad_name, self.bad_value)
+        if self.use_dict:
+            self.log_dict({name: value})
+        else:
+            self.log(name, value)
+        self.calls.append(-1)  # reached only when log accepted the value
+        return super().training_step(batch, batch_idx)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)  # Regressor's hparams hold none of ours
+
+
+@pytest.mark.parametrize(
+    "value, error, got",
+    [
+        ("abc", TypeError, r"got str 'abc'$"),
+        (None, TypeError, r"got None$"),
+        ([0.5, 0.25], TypeError, r"got list \[0\.5, 0\.25\]$"),
+        ({"a": 1.0}, TypeError, r"got dict \{'a': 1\.0\}; log several values with self\.log_dict$"),
+        (torch.ones(4, 3), ValueError, r"got a tensor of shape \(4, 3\); reduce it first"),
+        (torch.ones(0), ValueError, r"got a tensor of shape \(0,\)"),
+        (torch.tensor(1j), TypeError, r"got a complex tensor"),
+        (np.ones(3), ValueError, r"got a numpy array of shape \(3,\)"),
+        (object(), TypeError, r"got object <object object at"),
+    ],
+    ids=["str", "None", "list", "dict", "matrix", "empty-tensor", "complex", "numpy-array", "object"],
+)
+@pytest.mark.parametrize("use_dict", [False, True], ids=["log", "log_dict"])
+def test_log_refuses_a_bad_value_at_the_call_naming_the_metric(value, error, got, use_dict):
+    rows = _Rows()
+    module = _LogsAtStep("val/acc", value, at=2, use_dict=use_dict)
+    trainer = tt.Trainer(max_epochs=1, logger=rows, log_every_n_steps=50, enable_progress_bar=False)
+    with pytest.raises(error) as info:
+        trainer.fit(module, _loader())
+    message = str(info.value)
+    assert message.startswith(
+        "self.log('val/acc', value): expected a number, a one-element tensor or a torchmetrics Metric; "
+    )
+    assert re.search(got, message), message
+    assert module.calls == [0, -1, 1, -1, 2]  # raised inside the third training_step, at the call
+    assert rows.rows == [] and trainer.state.global_step == 2  # before any flush
+
+
+@pytest.mark.parametrize(
+    "name, error, match",
+    [
+        (3, TypeError, r"^self\.log\(3, value\): the name must be a non-empty str; got int$"),
+        (None, TypeError, r"^self\.log\(None, value\): the name must be a non-empty str; got NoneType$"),
+        ("", ValueError, r"^self\.log\('', value\): the name must be a non-empty str$"),
+    ],
+)
+def test_log_refuses_a_bad_name_at_the_call(name, error, match):
+    module = _LogsAtStep(name, 1.0, at=0)
+    with pytest.raises(error, match=match):
+        tt.Trainer(max_epochs=1, **QUIET).fit(module, _loader())
+    assert module.calls == [0]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        1,
+        0.5,
+        True,  # a bool is 0/1: its epoch mean is a rate
+        torch.tensor(0.5),
+        torch.tensor([0.5]),
+        torch.ones(1, 1, 1),  # any shape with one element
+        torch.tensor(3),
+        torch.tensor([True]),
+        np.float32(0.5),
+        np.int64(2),
+        np.bool_(True),
+        np.array([[0.5]]),
+        Fraction(1, 2),
+        Decimal("0.5"),
+    ],
+    ids=lambda v: type(v).__name__,
+)
+def test_log_accepts_numbers_and_one_element_tensors(value):
+    rows = _Rows()
+    module = _LogsAtStep("train/value", value, at=0)
+    tt.Trainer(max_steps=2, logger=rows, log_every_n_steps=1, enable_progress_bar=False).fit(
+        module, _loader()
+    )
+    assert [metrics["train/value"] for _, metrics in rows.rows] == [
+        float(torch.as_tensor(value, dtype=torch.float64))
+    ] * 2
+
+
+def test_log_accepts_a_metric():
+    class WithMetric(Regressor):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mean = MeanMetric()
+
+        def validation_step(self, batch, batch_idx):
+            self.mean.update(batch[1].mean())
+            self.log("val/mean", self.mean)
+
+    (metrics,) = tt.Trainer(**QUIET).validate(WithMetric(), _loader())
+    assert set(metrics) == {"val/mean"}
+
+
+def test_log_checks_outside_a_trainer_too():
+    m = Regressor()
+    with pytest.raises(TypeError, match=r"self\.log\('x', value\).*got str 'a'"):
+        m.log("x", "a")
+    with warnings.catch_warnings(), pytest.raises(ValueError, match="shape \\(2,\\)"):
+        warnings.simplefilter("ignore")
+        m.log_dict({"ok": 1.0, "pair": torch.ones(2)})
 
 
 def test_missing_compute_loss_and_configure_optimizers():

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import torch
 from torch import Tensor, nn
 
+from tasktrain.log_buffer import check_loggable
+
 if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
     from torch.optim import Optimizer
@@ -129,9 +131,18 @@ class TaskModule(nn.Module, Generic[BatchT]):
         is computed and reset at the end of the epoch. Logging a tensor never syncs the device:
         values are read only at the logging interval.
 
+        The name and value are checked here, at the call (metadata only, no device sync): the
+        value must be a number (bools count as 0/1), a tensor with exactly one element, or a
+        ``Metric``.
+
+        Raises:
+            TypeError: the name is not a str, or the value is e.g. a str, None, a list or a dict.
+            ValueError: the name is empty, or the tensor holds other than one element.
+
         Example:
             >>> self.log("val/acc", self.accuracy, prog_bar=True)  # doctest: +SKIP
         """
+        check_loggable(name, value)
         if self._log_buffer is None:
             if not self._warned_unattached_log:
                 warnings.warn(
