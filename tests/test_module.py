@@ -1,7 +1,8 @@
 """TaskModule: hyperparameters, logging outside a run, checkpoints, configure_optimizers forms.
 
 Bad arguments fail at the call that made them, naming it: ``self.log`` refuses a name or value
-it could not write (inside ``training_step``, before any flush).
+it could not write (inside ``training_step``, before any flush), and ``save_hyperparameters``
+refuses values a checkpoint's strict JSON could not hold (in ``__init__``, before any fit).
 """
 
 from __future__ import annotations
@@ -105,6 +106,69 @@ def test_save_hyperparameters_unknown_name():
 
     with pytest.raises(ValueError, match=r"\['b'\].*arguments are \['a'\]"):
         Bad()
+
+
+class _Config:
+    """Stands for a library config object (e.g. transformers' ``BertConfig``): not plain JSON."""
+
+
+class _Configured(tt.TaskModule):
+    def __init__(self, config: Any = None, lr: float = 0.1, **kwargs: Any) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=kwargs.pop("_ignore", ()))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"config": _Config()}, r"argument 'config' is a _Config, which is not plain JSON"),
+        ({"lr": math.nan}, r"argument 'lr' is nan, which is not plain JSON .*no NaN or infinity"),
+        ({"lr": math.inf}, r"argument 'lr' is inf, which is not plain JSON"),
+        ({"config": torch.tensor(1.0)}, r"argument 'config' is a Tensor,"),
+        (
+            {"config": [1, torch.nn.Linear(1, 1)]},
+            r"argument 'config' is a list whose config\[1\] is a Linear,",
+        ),
+        ({"config": {"a": {"b": _Config()}}}, r"'config' is a dict whose config\['a'\]\['b'\] is a _Config,"),
+        ({"config": {(1, 2): 3}}, r"'config' is a dict whose key \(1, 2\) is a tuple,"),
+        ({"width": _Config()}, r"argument 'width' is a _Config,"),  # from **kwargs, by its key
+    ],
+)
+def test_save_hyperparameters_refuses_values_that_are_not_plain_json(kwargs, match):
+    with pytest.raises(TypeError, match=match) as info:
+        _Configured(**kwargs)
+    name = next(iter(kwargs))
+    assert f"save_hyperparameters(ignore=['{name}'])" in str(info.value)  # the way out
+    assert "written to every checkpoint" in str(info.value)  # why
+
+
+def test_save_hyperparameters_accepts_plain_json_and_what_is_ignored():
+    config = _Config()
+    m = _Configured(config, lr=0.5, _ignore=["config"])
+    assert m.hparams == {"lr": 0.5}
+    assert _Configured(_Config(), _ignore="config").hparams == {"lr": 0.1}  # one name as a str
+    plain = {"layers": (64, 32), "opts": {"a": [1, 2.5, None, True]}, "name": "x"}
+    assert _Configured(plain).hparams["config"] == plain
+
+
+def test_a_refused_hyperparameter_fails_before_the_first_checkpoint(tmp_path):
+    """Before the check, this module was built, trained an epoch and crashed in its first save."""
+    steps: list[int] = []
+
+    class Task(Regressor):
+        def __init__(self, config: Any = None) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+
+        def training_step(self, batch, batch_idx):
+            steps.append(batch_idx)
+            return super().training_step(batch, batch_idx)
+
+    with pytest.raises(TypeError, match="argument 'config'"):
+        tt.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, default_root_dir=tmp_path).fit(
+            Task(_Config()), _loader()
+        )
+    assert steps == [] and not (tmp_path / "checkpoints").exists()
 
 
 def test_hparams_missing_attribute_names_what_was_saved():
