@@ -530,3 +530,21 @@ def test_reduce_lr_on_plateau_monitors_val_loss():
     trainer.fit(Plateau(), _loader(4, 2), _loader(4, 2))
     # epoch 1: best=1.0; epochs 2 and 3 do not improve -> halved twice
     assert math.isclose(trainer.optimizer.param_groups[0]["lr"], 0.25)
+
+
+def test_a_scheduler_monitor_that_was_not_logged_fails_at_the_first_validation():
+    class Plateau(Regressor):
+        def validation_step(self, batch, batch_idx):
+            self.log("val/loss", 1.0)
+
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=1.0)
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss"}}
+
+    trainer = tt.Trainer(max_epochs=3, **QUIET)
+    with pytest.raises(KeyError) as info:
+        trainer.fit(Plateau(), _loader(4, 2), _loader(4, 2))
+    assert str(info.value).startswith("lr_scheduler: monitor='val_loss' was not logged; logged metrics: [")
+    assert str(info.value).endswith("; did you mean 'val/loss'?")
+    assert trainer.state.global_step == 2  # the first validation, at the end of the first epoch
