@@ -1,15 +1,27 @@
-"""TaskModule: hyperparameters, logging outside a run, checkpoints, configure_optimizers forms."""
+"""TaskModule: hyperparameters, logging outside a run, checkpoints, configure_optimizers forms.
+
+Bad arguments fail at the call that made them, naming it: ``self.log`` refuses a name or value
+it could not write (inside ``training_step``, before any flush), and ``save_hyperparameters``
+refuses values a checkpoint's strict JSON could not hold (in ``__init__``, before any fit).
+"""
 
 from __future__ import annotations
 
 import math
+import re
+import warnings
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics import MeanMetric
 
 import tasktrain as tt
+from tasktrain.loggers import Logger
 
 QUIET: dict[str, Any] = dict(logger=False, enable_progress_bar=False, enable_checkpointing=False)
 
@@ -96,6 +108,69 @@ def test_save_hyperparameters_unknown_name():
         Bad()
 
 
+class _Config:
+    """Stands for a library config object (e.g. transformers' ``BertConfig``): not plain JSON."""
+
+
+class _Configured(tt.TaskModule):
+    def __init__(self, config: Any = None, lr: float = 0.1, **kwargs: Any) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=kwargs.pop("_ignore", ()))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"config": _Config()}, r"argument 'config' is a _Config, which is not plain JSON"),
+        ({"lr": math.nan}, r"argument 'lr' is nan, which is not plain JSON .*no NaN or infinity"),
+        ({"lr": math.inf}, r"argument 'lr' is inf, which is not plain JSON"),
+        ({"config": torch.tensor(1.0)}, r"argument 'config' is a Tensor,"),
+        (
+            {"config": [1, torch.nn.Linear(1, 1)]},
+            r"argument 'config' is a list whose config\[1\] is a Linear,",
+        ),
+        ({"config": {"a": {"b": _Config()}}}, r"'config' is a dict whose config\['a'\]\['b'\] is a _Config,"),
+        ({"config": {(1, 2): 3}}, r"'config' is a dict whose key \(1, 2\) is a tuple,"),
+        ({"width": _Config()}, r"argument 'width' is a _Config,"),  # from **kwargs, by its key
+    ],
+)
+def test_save_hyperparameters_refuses_values_that_are_not_plain_json(kwargs, match):
+    with pytest.raises(TypeError, match=match) as info:
+        _Configured(**kwargs)
+    name = next(iter(kwargs))
+    assert f"save_hyperparameters(ignore=['{name}'])" in str(info.value)  # the way out
+    assert "written to every checkpoint" in str(info.value)  # why
+
+
+def test_save_hyperparameters_accepts_plain_json_and_what_is_ignored():
+    config = _Config()
+    m = _Configured(config, lr=0.5, _ignore=["config"])
+    assert m.hparams == {"lr": 0.5}
+    assert _Configured(_Config(), _ignore="config").hparams == {"lr": 0.1}  # one name as a str
+    plain = {"layers": (64, 32), "opts": {"a": [1, 2.5, None, True]}, "name": "x"}
+    assert _Configured(plain).hparams["config"] == plain
+
+
+def test_a_refused_hyperparameter_fails_before_the_first_checkpoint(tmp_path):
+    """Before the check, this module was built, trained an epoch and crashed in its first save."""
+    steps: list[int] = []
+
+    class Task(Regressor):
+        def __init__(self, config: Any = None) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+
+        def training_step(self, batch, batch_idx):
+            steps.append(batch_idx)
+            return super().training_step(batch, batch_idx)
+
+    with pytest.raises(TypeError, match="argument 'config'"):
+        tt.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, default_root_dir=tmp_path).fit(
+            Task(_Config()), _loader()
+        )
+    assert steps == [] and not (tmp_path / "checkpoints").exists()
+
+
 def test_hparams_missing_attribute_names_what_was_saved():
     m = Regressor()
     with pytest.raises(AttributeError) as info:
@@ -140,6 +215,139 @@ def test_log_after_a_run_warns():
     tt.Trainer(max_steps=1, **QUIET).fit(m, _loader())
     with pytest.warns(UserWarning, match="outside a Trainer"):
         m.log("late", 1.0)
+
+
+# -- self.log checks its arguments at the call ----------------------------------------------
+
+
+class _Rows(Logger):
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, dict[str, float]]] = []
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.rows.append((step, dict(metrics)))
+
+
+class _LogsAtStep(Regressor):
+    """Logs ``value`` under ``metric`` in training step ``at`` (its earlier steps log a good value)."""
+
+    def __init__(self, metric: Any, value: Any, at: int = 2, use_dict: bool = False) -> None:
+        super().__init__()
+        self.bad_name, self.bad_value, self.at, self.use_dict = metric, value, at, use_dict
+        self.calls: list[int] = []
+
+    def training_step(self, batch, batch_idx):
+        self.calls.append(batch_idx)
+        name, value = ("train/ok", 0.5) if batch_idx < self.at else (self.bad_name, self.bad_value)
+        if self.use_dict:
+            self.log_dict({name: value})
+        else:
+            self.log(name, value)
+        self.calls.append(-1)  # reached only when log accepted the value
+        return super().training_step(batch, batch_idx)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)  # Regressor's hparams hold none of ours
+
+
+@pytest.mark.parametrize(
+    "value, error, got",
+    [
+        ("abc", TypeError, r"got str 'abc'$"),
+        (None, TypeError, r"got None$"),
+        ([0.5, 0.25], TypeError, r"got list \[0\.5, 0\.25\]$"),
+        ({"a": 1.0}, TypeError, r"got dict \{'a': 1\.0\}; log several values with self\.log_dict$"),
+        (torch.ones(4, 3), ValueError, r"got a tensor of shape \(4, 3\); reduce it first"),
+        (torch.ones(0), ValueError, r"got a tensor of shape \(0,\)"),
+        (torch.tensor(1j), TypeError, r"got a complex tensor"),
+        (np.ones(3), ValueError, r"got a numpy array of shape \(3,\)"),
+        (object(), TypeError, r"got object <object object at"),
+    ],
+    ids=["str", "None", "list", "dict", "matrix", "empty-tensor", "complex", "numpy-array", "object"],
+)
+@pytest.mark.parametrize("use_dict", [False, True], ids=["log", "log_dict"])
+def test_log_refuses_a_bad_value_at_the_call_naming_the_metric(value, error, got, use_dict):
+    rows = _Rows()
+    module = _LogsAtStep("val/acc", value, at=2, use_dict=use_dict)
+    trainer = tt.Trainer(max_epochs=1, logger=rows, log_every_n_steps=50, enable_progress_bar=False)
+    with pytest.raises(error) as info:
+        trainer.fit(module, _loader())
+    message = str(info.value)
+    assert message.startswith(
+        "self.log('val/acc', value): expected a number, a one-element tensor or a torchmetrics Metric; "
+    )
+    assert re.search(got, message), message
+    assert module.calls == [0, -1, 1, -1, 2]  # raised inside the third training_step, at the call
+    assert rows.rows == [] and trainer.state.global_step == 2  # before any flush
+
+
+@pytest.mark.parametrize(
+    "name, error, match",
+    [
+        (3, TypeError, r"^self\.log\(3, value\): the name must be a non-empty str; got int$"),
+        (None, TypeError, r"^self\.log\(None, value\): the name must be a non-empty str; got NoneType$"),
+        ("", ValueError, r"^self\.log\('', value\): the name must be a non-empty str$"),
+    ],
+)
+def test_log_refuses_a_bad_name_at_the_call(name, error, match):
+    module = _LogsAtStep(name, 1.0, at=0)
+    with pytest.raises(error, match=match):
+        tt.Trainer(max_epochs=1, **QUIET).fit(module, _loader())
+    assert module.calls == [0]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        1,
+        0.5,
+        True,  # a bool is 0/1: its epoch mean is a rate
+        torch.tensor(0.5),
+        torch.tensor([0.5]),
+        torch.ones(1, 1, 1),  # any shape with one element
+        torch.tensor(3),
+        torch.tensor([True]),
+        np.float32(0.5),
+        np.int64(2),
+        np.bool_(True),
+        np.array([[0.5]]),
+        Fraction(1, 2),
+        Decimal("0.5"),
+    ],
+    ids=lambda v: type(v).__name__,
+)
+def test_log_accepts_numbers_and_one_element_tensors(value):
+    rows = _Rows()
+    module = _LogsAtStep("train/value", value, at=0)
+    tt.Trainer(max_steps=2, logger=rows, log_every_n_steps=1, enable_progress_bar=False).fit(
+        module, _loader()
+    )
+    assert [metrics["train/value"] for _, metrics in rows.rows] == [
+        float(torch.as_tensor(value, dtype=torch.float64))
+    ] * 2
+
+
+def test_log_accepts_a_metric():
+    class WithMetric(Regressor):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mean = MeanMetric()
+
+        def validation_step(self, batch, batch_idx):
+            self.mean.update(batch[1].mean())
+            self.log("val/mean", self.mean)
+
+    (metrics,) = tt.Trainer(**QUIET).validate(WithMetric(), _loader())
+    assert set(metrics) == {"val/mean"}
+
+
+def test_log_checks_outside_a_trainer_too():
+    m = Regressor()
+    with pytest.raises(TypeError, match=r"self\.log\('x', value\).*got str 'a'"):
+        m.log("x", "a")
+    with warnings.catch_warnings(), pytest.raises(ValueError, match="shape \\(2,\\)"):
+        warnings.simplefilter("ignore")
+        m.log_dict({"ok": 1.0, "pair": torch.ones(2)})
 
 
 def test_missing_compute_loss_and_configure_optimizers():
@@ -322,3 +530,21 @@ def test_reduce_lr_on_plateau_monitors_val_loss():
     trainer.fit(Plateau(), _loader(4, 2), _loader(4, 2))
     # epoch 1: best=1.0; epochs 2 and 3 do not improve -> halved twice
     assert math.isclose(trainer.optimizer.param_groups[0]["lr"], 0.25)
+
+
+def test_a_scheduler_monitor_that_was_not_logged_fails_at_the_first_validation():
+    class Plateau(Regressor):
+        def validation_step(self, batch, batch_idx):
+            self.log("val/loss", 1.0)
+
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=1.0)
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss"}}
+
+    trainer = tt.Trainer(max_epochs=3, **QUIET)
+    with pytest.raises(KeyError) as info:
+        trainer.fit(Plateau(), _loader(4, 2), _loader(4, 2))
+    assert str(info.value).startswith("lr_scheduler: monitor='val_loss' was not logged; logged metrics: [")
+    assert str(info.value).endswith("; did you mean 'val/loss'?")
+    assert trainer.state.global_step == 2  # the first validation, at the end of the first epoch

@@ -127,12 +127,21 @@ def test_a_new_study_refuses_the_run_directories_of_an_earlier_one(tmp_path):
         search(TinyTask, workers.lr_space, n_trials=1, trainer_kwargs=kwargs, root_dir=tmp_path)
 
 
-def test_a_monitor_that_is_not_logged_names_the_logged_metrics(tmp_path):
-    with pytest.raises(KeyError, match=r"monitor='val/acc' was not logged; logged metrics: \[.*'val/loss'"):
+@pytest.mark.parametrize(
+    ("monitor", "hint"),
+    [
+        ("val/acc", r" \(log it with self\.log, or pass monitor= one of these\)$"),
+        ("val_loss", r"; did you mean 'val/loss'\?$"),  # the shared helper's close match
+    ],
+)
+def test_a_monitor_that_is_not_logged_names_the_logged_metrics(tmp_path, monitor, hint):
+    with pytest.raises(
+        KeyError, match=rf"monitor='{monitor}' was not logged; logged metrics: \[.*'val/loss'.*{hint}"
+    ):
         search(
             TinyTask,
             workers.lr_space,
-            monitor="val/acc",
+            monitor=monitor,
             n_trials=1,
             trainer_kwargs={"max_steps": 2, **QUIET},
             root_dir=tmp_path,

@@ -8,6 +8,7 @@ duck typing, so torchmetrics is never imported here; their ``compute()`` syncs t
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,70 @@ Reduce = Callable[[Tensor, str], Tensor]
 def is_metric(value: Any) -> bool:
     """Whether ``value`` behaves like a torchmetrics ``Metric`` (``update``/``compute``/``reset``)."""
     return all(callable(getattr(value, name, None)) for name in ("update", "compute", "reset"))
+
+
+def check_loggable(name: Any, value: Any) -> None:
+    """Refuse, at the ``self.log`` call, a name or value that could not be written at the next flush.
+
+    Accepted values: a real number (bools count, as 0/1: their mean is a rate), a tensor or numpy
+    array with exactly one element (any shape), or a torchmetrics ``Metric``. Only metadata is
+    read (type, ``numel()``, dtype), never the value: no device sync.
+
+    Raises:
+        TypeError: the name is not a str, or the value is of a type that cannot be logged.
+        ValueError: the name is empty, or the tensor (array) holds other than one element.
+
+    Example:
+        >>> check_loggable("val/acc", torch.tensor([0.5]))
+        >>> check_loggable("val/acc", "abc")
+        Traceback (most recent call last):
+        ...
+        TypeError: self.log('val/acc', value): expected a number, a one-element tensor or a torchmetrics Metric; got str 'abc'
+    """
+    if type(name) is not str or not name:
+        got = "" if isinstance(name, str) else f"; got {type(name).__name__}"
+        error = ValueError if isinstance(name, str) else TypeError
+        raise error(f"self.log({name!r}, value): the name must be a non-empty str{got}")
+    if type(value) in _PLAIN_NUMBERS:  # the hot paths first: a Python number, a tensor's metadata
+        return
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(_not_loggable(name, f"a tensor of shape {tuple(value.shape)}", _REDUCE_HINT))
+        if value.is_complex():
+            raise TypeError(_not_loggable(name, f"a complex tensor ({value.dtype})"))
+        return
+    if isinstance(value, numbers.Real) or (
+        isinstance(value, numbers.Number) and not isinstance(value, numbers.Complex)  # e.g. Decimal
+    ):
+        return
+    if is_metric(value):
+        return
+    kind = getattr(getattr(value, "dtype", None), "kind", None)  # numpy scalars and arrays, duck-typed
+    if isinstance(kind, str):
+        if kind not in "biuf":
+            raise TypeError(_not_loggable(name, f"a numpy value of dtype {value.dtype}"))
+        if getattr(value, "size", 1) != 1:
+            raise ValueError(_not_loggable(name, f"a numpy array of shape {value.shape}", _REDUCE_HINT))
+        return
+    hint = "; log several values with self.log_dict" if isinstance(value, Mapping) else ""
+    got = "None" if value is None else f"{type(value).__name__} {_short_repr(value)}"
+    raise TypeError(_not_loggable(name, got, hint))
+
+
+_PLAIN_NUMBERS = (float, int, bool)
+_REDUCE_HINT = "; reduce it first (e.g. .mean()) or log each element under its own name"
+
+
+def _not_loggable(name: str, got: str, hint: str = "") -> str:
+    return (
+        f"self.log({name!r}, value): expected a number, a one-element tensor or a torchmetrics Metric; "
+        f"got {got}{hint}"
+    )
+
+
+def _short_repr(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def batch_size_of(batch: Any) -> int:

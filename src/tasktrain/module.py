@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import json
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import torch
 from torch import Tensor, nn
+
+from tasktrain.log_buffer import check_loggable
 
 if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
@@ -91,9 +94,19 @@ class TaskModule(nn.Module, Generic[BatchT]):
     def save_hyperparameters(self, *names: str, ignore: Iterable[str] = ()) -> None:
         """Record the arguments of the calling ``__init__`` in ``self.hparams`` (and in checkpoints).
 
+        Every saved value must be plain JSON (what ``json.dumps(allow_nan=False)`` accepts: None,
+        bools, numbers, str, lists, tuples and dicts of them), because hparams are written to
+        every checkpoint and rebuild the module in ``load_from_checkpoint``. Tuples come back as
+        lists.
+
         Args:
             names: save only these arguments (default: all).
             ignore: arguments not to save (e.g. a whole sub-model).
+
+        Raises:
+            ValueError: a name is not an argument of ``__init__``.
+            TypeError: a saved value is not plain JSON (NaN and infinity included); the message
+                names the argument and suggests ``ignore=[...]``.
         """
         frame = inspect.currentframe()
         caller = frame.f_back if frame is not None else None
@@ -107,8 +120,13 @@ class TaskModule(nn.Module, Generic[BatchT]):
                 f"save_hyperparameters(): {sorted(unknown)} are not arguments of "
                 f"{type(self).__name__}.__init__; its arguments are {sorted(init_args)}"
             )
+        if isinstance(ignore, str):  # ignore="config" would otherwise ignore "c", "o", ...
+            ignore = [ignore]
         skipped = set(ignore)
-        self.hparams.update({k: v for k, v in init_args.items() if k in wanted and k not in skipped})
+        saved = {k: v for k, v in init_args.items() if k in wanted and k not in skipped}
+        for name, value in saved.items():
+            _check_plain_json(name, value)
+        self.hparams.update(saved)
 
     # -- logging -------------------------------------------------------------------------------
     def log(
@@ -129,9 +147,18 @@ class TaskModule(nn.Module, Generic[BatchT]):
         is computed and reset at the end of the epoch. Logging a tensor never syncs the device:
         values are read only at the logging interval.
 
+        The name and value are checked here, at the call (metadata only, no device sync): the
+        value must be a number (bools count as 0/1), a tensor with exactly one element, or a
+        ``Metric``.
+
+        Raises:
+            TypeError: the name is not a str, or the value is e.g. a str, None, a list or a dict.
+            ValueError: the name is empty, or the tensor holds other than one element.
+
         Example:
             >>> self.log("val/acc", self.accuracy, prog_bar=True)  # doctest: +SKIP
         """
+        check_loggable(name, value)
         if self._log_buffer is None:
             if not self._warned_unattached_log:
                 warnings.warn(
@@ -282,6 +309,50 @@ class TaskModule(nn.Module, Generic[BatchT]):
         loss = out[0] if isinstance(out, tuple) else out
         self.log(name, loss, prog_bar=True, sync_dist=True)  # the global mean under data parallelism
         return loss
+
+
+def _check_plain_json(name: str, value: Any) -> None:
+    """Refuse a hyperparameter the checkpoint's strict JSON could not hold, naming the argument."""
+    if _is_plain_json(value):
+        return
+    where, bad = _first_non_json(value, name)
+    what = _describe(value) if where == name else f"{_describe(value)} whose {where} is {_describe(bad)}"
+    raise TypeError(
+        f"save_hyperparameters(): argument {name!r} is {what}, which is not plain JSON (hparams are "
+        "written to every checkpoint, as strict JSON: no NaN or infinity); pass it as plain values or "
+        f"save_hyperparameters(ignore=[{name!r}])"
+    )
+
+
+def _is_plain_json(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)  # as the checkpoint writes it
+    except (TypeError, ValueError):  # ValueError: NaN, infinity, a circular reference
+        return False
+    return True
+
+
+def _first_non_json(value: Any, where: str, depth: int = 0) -> tuple[str, Any]:
+    """The path and value of the first item of ``value`` strict JSON cannot hold (``value`` itself if none)."""
+    if isinstance(value, (list, tuple)):
+        items: Iterable[tuple[Any, Any]] = enumerate(value)
+    elif isinstance(value, dict):
+        items = value.items()
+    else:
+        return where, value
+    for key, item in items:
+        if not isinstance(key, (str, int, float, bool)) and key is not None:
+            return f"key {key!r}", key
+        if depth < 10 and not _is_plain_json(item):  # the depth bounds a circular reference
+            return _first_non_json(item, f"{where}[{key!r}]", depth + 1)
+    return where, value
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(value)  # nan, inf
+    kind = type(value).__name__
+    return f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind}"
 
 
 def _init_arguments(frame_locals: Mapping[str, Any], cls: type) -> dict[str, Any]:

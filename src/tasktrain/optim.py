@@ -10,6 +10,8 @@ from typing import Any
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+from tasktrain.monitor import monitored
+
 _INTERVALS = ("step", "epoch")
 Broadcast = Callable[[float], float]  # rank 0's value on every rank (``Strategy.broadcast``)
 
@@ -87,11 +89,7 @@ class OptimizerSetup:
         config = self.scheduler
         if config is None or config.monitor is None:
             return
-        if config.monitor not in metrics:
-            raise KeyError(
-                f"lr_scheduler monitors {config.monitor!r}, which was not logged; logged metrics: {sorted(metrics)}"
-            )
-        value = broadcast(metrics[config.monitor])
+        value = broadcast(monitored(metrics, config.monitor, "lr_scheduler"))
         if isinstance(config.scheduler, ReduceLROnPlateau):
             if not math.isnan(value):
                 config.scheduler.step(value)

@@ -29,6 +29,7 @@ from typing_extensions import override
 
 from tasktrain.callbacks.base import Callback
 from tasktrain.module import TaskModule
+from tasktrain.monitor import monitored
 from tasktrain.seed import seed_everything
 from tasktrain.trainer import Trainer
 
@@ -127,16 +128,6 @@ def _report(trial: optuna.Trial | _RemoteTrial, value: float, step: int) -> bool
         return trial.report(value, step)
     trial.report(value, step)
     return trial.should_prune()
-
-
-def monitored(metrics: Mapping[str, float], monitor: str, who: str) -> float:
-    """``metrics[monitor]``, or a KeyError naming the metric and the ones that were logged."""
-    if monitor not in metrics:
-        raise KeyError(
-            f"{who}: monitor={monitor!r} was not logged; logged metrics: {sorted(metrics) or 'none'} "
-            "(log it with self.log in validation_step, or pass monitor= one of these)"
-        )
-    return float(metrics[monitor])
 
 
 # -- devices=N: the launching process answers the spawned ranks' reports --------------------------

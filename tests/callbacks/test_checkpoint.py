@@ -153,6 +153,74 @@ def test_filename_with_an_unlogged_metric_names_it(tmp_path):
         _fit(tmp_path, ckpt, max_epochs=1)
 
 
+# -- a monitor that was never logged ---------------------------------------------------------------
+def test_a_monitor_typo_fails_at_the_first_save_after_validation_with_the_close_match(tmp_path):
+    """``val_score`` while ``val/score`` is logged used to rank nothing and say nothing."""
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), monitor="val_score", save_top_k=1)
+    trainer = tt.Trainer(
+        max_epochs=3, callbacks=[ckpt], logger=False, enable_progress_bar=False, default_root_dir=tmp_path
+    )
+    with pytest.raises(KeyError) as info:
+        trainer.fit(Scored([0.0] * 3), *_loaders())
+    assert str(info.value) == (
+        "ModelCheckpoint: monitor='val_score' was not logged; logged metrics: "
+        "['train/loss', 'val/score']; did you mean 'val/score'?"
+    )
+    assert trainer.state.global_step == _epoch_end_steps(0)[0]  # the first epoch-end save
+    assert not (tmp_path / "ckpt").exists() and ckpt.saved == []  # nothing saved without its score
+
+
+def test_step_checkpoints_before_the_first_validation_have_no_score_and_no_error(tmp_path):
+    """Steps 1 and 2 save before the epoch-end validation: the monitor is not logged *yet*."""
+    ckpt = ModelCheckpoint(
+        dirpath=str(tmp_path / "ckpt"), every_n_train_steps=1, monitor="val/score", keep_last=None
+    )
+    _fit(tmp_path, ckpt, scores=[3.0, 2.0], max_epochs=2)
+    assert [(e["step"], e["score"]) for e in ckpt.saved] == [(1, None), (2, None), (3, 3.0), (4, 3.0)]
+
+
+def test_a_step_checkpoint_after_the_first_validation_needs_the_monitor(tmp_path):
+    ckpt = ModelCheckpoint(
+        dirpath=str(tmp_path / "ckpt"), every_n_train_steps=1, monitor="val/scor", keep_last=None
+    )
+    with pytest.raises(KeyError, match=r"monitor='val/scor' was not logged; .*did you mean 'val/score'\?"):
+        _fit(tmp_path, ckpt, max_epochs=2)
+    assert [e["step"] for e in ckpt.saved] == [1, 2]  # saved (unscored) before the first validation
+
+
+def test_a_training_monitor_is_not_due_before_the_first_epoch_end(tmp_path):
+    """Validation every step, but ``train/loss`` is written every 50 steps or at the epoch end."""
+    ckpt = ModelCheckpoint(
+        dirpath=str(tmp_path / "ckpt"), every_n_train_steps=1, monitor="train/loss", keep_last=None
+    )
+    _fit(tmp_path, ckpt, max_epochs=2, val_check_interval=1, log_every_n_steps=50)
+    scores = [e["score"] for e in ckpt.saved]
+    assert scores[:2] == [None, None] and all(score is not None for score in scores[2:])
+    assert [e["step"] for e in ckpt.saved] == [1, 2, 3, 4]
+
+
+def test_without_validation_data_a_missing_monitor_fails_at_the_first_epoch_end(tmp_path):
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), monitor="train_loss")
+    trainer = tt.Trainer(
+        max_epochs=2, callbacks=[ckpt], logger=False, enable_progress_bar=False, default_root_dir=tmp_path
+    )
+    with pytest.raises(
+        KeyError, match=r"monitor='train_loss' .*\['train/loss'\]; did you mean 'train/loss'\?"
+    ):
+        trainer.fit(Scored([0.0]), _loaders()[0])
+    assert trainer.state.global_step == STEPS_PER_EPOCH
+
+
+def test_a_monitor_without_a_close_match_says_how_to_fix_it(tmp_path):
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), monitor="val/accuracy")
+    with pytest.raises(KeyError) as info:
+        _fit(tmp_path, ckpt, max_epochs=1)
+    assert "did you mean" not in str(info.value)
+    assert str(info.value).endswith(
+        "logged metrics: ['train/loss', 'val/score'] (log it with self.log, or pass monitor= one of these)"
+    )
+
+
 def test_a_custom_filename_still_resumes_from_last(tmp_path):
     """Any accepted template must leave checkpoints that ``ckpt_path="last"`` finds."""
     try:

@@ -115,6 +115,26 @@ def test_missing_monitor_names_available_metrics():
     assert "val/loss" in message  # what was logged
 
 
+def test_a_monitor_typo_fails_at_the_first_check_with_the_close_match():
+    stopper = EarlyStopping("val_loss")
+    trainer = tt.Trainer(max_epochs=3, callbacks=[stopper], **QUIET)
+    with pytest.raises(KeyError) as info:
+        trainer.fit(Scripted([1.0] * 3), _loader(), _loader())
+    assert str(info.value) == (
+        "EarlyStopping: monitor='val_loss' was not logged; logged metrics: ['val/loss']; "
+        "did you mean 'val/loss'?"
+    )
+    assert trainer.state.global_step == 2  # the first validation, at the end of the first epoch
+
+
+def test_without_validation_a_monitor_typo_fails_at_the_first_epoch_end():
+    stopper = EarlyStopping("train/los")
+    trainer = tt.Trainer(max_epochs=3, callbacks=[stopper], **QUIET)
+    with pytest.raises(KeyError, match=r"monitor='train/los' was not logged; .*did you mean 'train/loss'\?"):
+        trainer.fit(Scripted([1.0] * 3), _loader())
+    assert trainer.state.global_step == 2
+
+
 def test_validate_alone_does_not_stop():
     stopper = EarlyStopping("val/loss", patience=0)
     trainer = tt.Trainer(callbacks=[stopper], **QUIET)

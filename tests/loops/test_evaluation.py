@@ -3,7 +3,8 @@
 Proves that one metrics dict comes back with epoch values reduced over the whole run (batch-size
 weighted, metrics computed once and reset), that the module runs in eval mode without gradients and
 gets its mode back, that an unknown stage is refused, that ``limit_batches`` cuts to an int count or a
-float fraction (refused on a loader without length), and that ``batch_progress`` counts the batches.
+float fraction (refused on a loader without length), that ``batch_progress`` counts the batches,
+and that a dataloader that yields nothing warns, naming it, once per Trainer call.
 """
 
 from __future__ import annotations
@@ -364,3 +365,58 @@ def test_batch_progress_counts_only_the_batches_run(quiet: dict[str, Any]) -> No
     trainer.test(Regressor(), _loader(20, 2))
     assert _counts(loop.batch_progress, "total") == 2 + 2
     assert _counts(loop.batch_progress, "current") == 2
+
+
+# -- an empty dataloader warns, once per Trainer call ----------------------------------------------
+
+
+def _empty_warnings(record: Any) -> list[str]:
+    return [str(w.message) for w in record if "yielded no batches" in str(w.message)]
+
+
+def _empty() -> DataLoader:
+    return DataLoader(TensorDataset(torch.empty(0, 3), torch.empty(0, 1)), batch_size=2)
+
+
+def test_an_empty_validation_loader_warns_once_per_fit(quiet: dict[str, Any]) -> None:
+    trainer = tt.Trainer(max_epochs=3, **quiet)
+    with pytest.warns(UserWarning) as record:
+        trainer.fit(Regressor(), _loader(4, 2), _empty())
+    assert _empty_warnings(record) == [
+        "the validation dataloader (DataLoader, len 0) yielded no batches: validation_step never ran "
+        "and no validation metrics were logged"
+    ]  # 3 validation runs, one warning
+    assert trainer.state.global_step == 3 * 2 and "val/loss" not in trainer.callback_metrics
+    trainer.fit_loop.max_epochs = 4  # the same trainer (and loops) fits on for one more epoch
+    with pytest.warns(UserWarning) as record:
+        trainer.fit(Regressor(), _loader(4, 2), _empty())  # a new fit call: warned again
+    assert len(_empty_warnings(record)) == 1
+
+
+def test_an_iterable_that_yields_nothing_warns_at_each_validate_call(quiet: dict[str, Any]) -> None:
+    loader = DataLoader(_Unsized(_empty().dataset), batch_size=2)
+    trainer = tt.Trainer(**quiet)
+    for _ in range(2):
+        with pytest.warns(UserWarning, match=r"the validation dataloader \(DataLoader, no len\) yielded no"):
+            assert trainer.validate(Regressor(), loader) == [{}]  # what is returned is unchanged
+
+
+def test_an_empty_test_loader_names_the_test_dataloader(quiet: dict[str, Any]) -> None:
+    with pytest.warns(
+        UserWarning, match=r"^the test dataloader \(DataLoader, len 0\) yielded no batches: test_step"
+    ):
+        assert tt.Trainer(**quiet).test(Regressor(), _empty()) == [{}]
+
+
+def test_a_fraction_that_cuts_to_no_batches_names_the_limit(quiet: dict[str, Any]) -> None:
+    with pytest.warns(UserWarning, match=r"\(DataLoader, len 3, cut by limit_val_batches=0\.2\) yielded no"):
+        tt.Trainer(limit_val_batches=0.2, **quiet).validate(Regressor(), _loader(6, 2))
+
+
+def test_a_limit_of_zero_asks_for_no_batches_and_does_not_warn(quiet: dict[str, Any]) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert tt.Trainer(limit_val_batches=0, **quiet).validate(Regressor(), _loader(8, 2)) == [{}]
+        tt.Trainer(max_epochs=1, **quiet).fit(Regressor(), _loader(4, 2), _loader(4, 2))  # data: silent

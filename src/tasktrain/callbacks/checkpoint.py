@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -11,12 +12,14 @@ from typing_extensions import override
 
 from tasktrain.callbacks.base import Callback
 from tasktrain.checkpoint.storage import remove
+from tasktrain.monitor import monitored
 
 if TYPE_CHECKING:
     from tasktrain.module import TaskModule
     from tasktrain.trainer import Trainer
 
 _MODES = ("min", "max")
+_VALIDATION_NAME = re.compile(r"val(id(ation)?)?[/_.\-]", re.IGNORECASE)  # val/loss, val_loss, valid/…
 
 
 class ModelCheckpoint(Callback):
@@ -35,7 +38,10 @@ class ModelCheckpoint(Callback):
         train_time_interval: save when this much time (a ``timedelta`` or seconds) has passed.
         save_last: also save at the end of fit.
         keep_last: how many of the newest checkpoints to keep (None: all).
-        monitor: the metric that ranks checkpoints for ``save_top_k``.
+        monitor: the metric that ranks checkpoints for ``save_top_k``. A save before it can have
+            been logged records no score; a save without it after the first validation (for a
+            ``val…`` name) or after the first epoch end and validation (any other name) raises
+            a ``KeyError`` listing the logged names.
         mode: ``"min"`` or ``"max"``: which direction of ``monitor`` is better.
         save_top_k: how many of the best checkpoints to keep (-1: all).
         max_shard_bytes: split weights into safetensors shards of at most this size.
@@ -92,6 +98,7 @@ class ModelCheckpoint(Callback):
         self.saved: list[dict[str, Any]] = []  # oldest first: {"path", "step", "score"}
         self._last_saved_step = -1
         self._last_time = time.monotonic()
+        self._reported: set[str] = set()  # what has written its metrics in this fit: "train", "validate"
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -125,6 +132,12 @@ class ModelCheckpoint(Callback):
     @override
     def on_train_start(self, trainer: Trainer, module: TaskModule[Any]) -> None:
         self._last_time = time.monotonic()
+        self._reported = set()
+
+    @override
+    def on_validation_end(self, trainer: Trainer, module: TaskModule[Any]) -> None:
+        if trainer.state.stage == "fit":
+            self._reported.add("validate")
 
     @override
     def on_train_step_end(self, trainer: Trainer, module: TaskModule[Any]) -> None:
@@ -140,6 +153,7 @@ class ModelCheckpoint(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, module: TaskModule[Any]) -> None:
+        self._reported.add("train")  # the epoch's values (and the step values since the last write) are out
         n = self.every_n_epochs
         if n is not None and (trainer.state.epoch + 1) % n == 0:
             self.save(trainer)
@@ -154,12 +168,13 @@ class ModelCheckpoint(Callback):
         step = trainer.state.global_step
         if step == self._last_saved_step:
             return None
+        score = self._score(trainer)
         dirpath = (self.dirpath or f"{trainer.default_root_dir}/checkpoints").rstrip("/")
         path = f"{dirpath}/{self._format_name(trainer)}"
         # Recorded before writing, so the checkpoint's own copy of this state lists itself.
         previous = (list(self.saved), self._last_saved_step)
         self.saved = [entry for entry in self.saved if entry["path"] != path]
-        self.saved.append({"path": path, "step": step, "score": self._score(trainer)})
+        self.saved.append({"path": path, "step": step, "score": score})
         self._last_saved_step = step
         try:
             trainer.save_checkpoint(path, max_shard_bytes=self.max_shard_bytes)
@@ -192,9 +207,26 @@ class ModelCheckpoint(Callback):
         scored = [e for e in self.saved if e["score"] is not None]
         return sorted(scored, key=lambda e: e["score"], reverse=self.mode == "max")
 
+    def _monitor_is_due(self, trainer: Trainer) -> bool:
+        """Whether ``monitor`` must be logged by now: a save without it is then a mistake, not a wait.
+
+        Due once everything that could log it has written its metrics in this fit: for a name
+        starting with ``val`` (``val/…``, ``val_…``, ``valid…``) the first validation run; for
+        any other name the first epoch end and, when the fit has validation data, the first
+        validation run.
+        """
+        if self.monitor is None:
+            return False
+        if "validate" in self._reported and _VALIDATION_NAME.match(self.monitor):
+            return True
+        return "train" in self._reported and ("validate" in self._reported or trainer.val_dataloader is None)
+
     def _score(self, trainer: Trainer) -> float | None:
-        value = trainer.callback_metrics.get(self.monitor) if self.monitor is not None else None
-        return value if value is not None and not math.isnan(value) else None  # NaN is never best
+        metrics = trainer.callback_metrics
+        if self.monitor is None or (self.monitor not in metrics and not self._monitor_is_due(trainer)):
+            return None  # not logged yet, e.g. a step checkpoint before the first validation
+        value = monitored(metrics, self.monitor, "ModelCheckpoint")
+        return value if not math.isnan(value) else None  # NaN is never best
 
     def _format_name(self, trainer: Trainer) -> str:
         metrics = trainer.callback_metrics

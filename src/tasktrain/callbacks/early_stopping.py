@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from typing_extensions import override
 
 from tasktrain.callbacks.base import Callback
+from tasktrain.monitor import monitored
 
 if TYPE_CHECKING:
     from tasktrain.module import TaskModule
@@ -59,12 +60,8 @@ class EarlyStopping(Callback):
             self._check(trainer)
 
     def _check(self, trainer: Trainer) -> None:
-        metrics = trainer.callback_metrics
-        if self.monitor not in metrics:
-            raise KeyError(
-                f"EarlyStopping monitors {self.monitor!r}, which was not logged; logged: {sorted(metrics)}"
-            )
-        value = trainer.strategy.broadcast(metrics[self.monitor])  # rank 0's value: every rank decides alike
+        value = monitored(trainer.callback_metrics, self.monitor, "EarlyStopping")
+        value = trainer.strategy.broadcast(value)  # rank 0's value: every rank decides alike
         if self.check_finite and not math.isfinite(value):
             self._stop(trainer)
             return

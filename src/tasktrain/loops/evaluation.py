@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import warnings
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -12,6 +14,7 @@ from tasktrain.loops.base import Loop, LoopContext
 from tasktrain.state import Progress
 
 _STAGES = {"validate": ("validation", "validation_step"), "test": ("test", "test_step")}
+_LIMITS = {"validate": "limit_val_batches", "test": "limit_batches"}
 
 
 def limited(dataloader: Iterable[Any], limit: int | float | None) -> Iterable[Any]:
@@ -32,7 +35,8 @@ class EvaluationLoop(Loop):
     """Run ``validation_step`` (stage ``"validate"``) or ``test_step`` (``"test"``) over a dataloader.
 
     The module is put in eval mode under ``torch.no_grad()`` and restored afterwards. Returns
-    the epoch-level metrics logged during the run.
+    the epoch-level metrics logged during the run. A dataloader that yields no batches (length
+    0, or an iterable that ends at once) warns, once per ``fit``/``validate``/``test`` call.
 
     Example:
         >>> loop = EvaluationLoop("test", limit_batches=10)
@@ -46,6 +50,7 @@ class EvaluationLoop(Loop):
         self.stage = stage
         self.limit_batches = limit_batches
         self.batch_progress = Progress()
+        self._warned_for: weakref.ref[LoopContext] | None = None  # the run (one per Trainer call) warned
 
     def run(self, ctx: LoopContext, dataloader: Iterable[Any]) -> dict[str, float]:
         prefix, step_name = _STAGES[self.stage]
@@ -67,6 +72,8 @@ class EvaluationLoop(Loop):
                     outputs = strategy.forward_step(step_fn, batch, batch_idx)
                     hooks.call(f"on_{prefix}_batch_end", outputs, batch, batch_idx)
                     self.batch_progress.finish()
+            if self.batch_progress.current.completed == 0:
+                self._warn_empty(ctx, dataloader)
             hooks.call(f"on_{prefix}_epoch_end")
             metrics = logs.flush_epoch(ctx.state.global_step)
             hooks.call(f"on_{prefix}_end")
@@ -74,3 +81,21 @@ class EvaluationLoop(Loop):
             logs.resume(previous_stage)
             module.train(was_training)
         return metrics
+
+    def _warn_empty(self, ctx: LoopContext, dataloader: Iterable[Any]) -> None:
+        """Warn that ``dataloader`` yielded nothing, once per Trainer call (each builds its own context)."""
+        if self.limit_batches == 0 or (self._warned_for is not None and self._warned_for() is ctx):
+            return  # a limit of 0 asks for no batches
+        self._warned_for = weakref.ref(ctx)
+        prefix, step_name = _STAGES[self.stage]
+        try:
+            size = f"len {len(dataloader)}"  # type: ignore[arg-type]
+        except TypeError:
+            size = "no len"
+        limit = "" if self.limit_batches is None else f", cut by {_LIMITS[self.stage]}={self.limit_batches!r}"
+        warnings.warn(
+            f"the {prefix} dataloader ({type(dataloader).__name__}, {size}{limit}) yielded no batches: "
+            f"{step_name} never ran and no {prefix} metrics were logged",
+            UserWarning,
+            stacklevel=1,
+        )
