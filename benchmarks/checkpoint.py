@@ -26,6 +26,7 @@ import json, os, sys, time, torch
 from safetensors.torch import load_file
 import tasktrain
 from tasktrain.checkpoint.format import save_checkpoint, read_weights
+from tasktrain.checkpoint.storage import verify
 
 op, path, n_params, shard = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 torch.manual_seed(0)
@@ -51,12 +52,20 @@ else:  # load into the existing tensors, as loading a model's state_dict does
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     start = time.perf_counter()
-    loaded = read_weights(path) if op == "load_tasktrain" else torch.load(path, weights_only=True)
+    if op == "load_tasktrain":  # as load_from_checkpoint and fit(ckpt_path=...) do: verify, then read
+        verify(path)
+        verify_seconds = time.perf_counter() - start
+        loaded = read_weights(path)
+    else:
+        loaded = torch.load(path, weights_only=True)
     with torch.no_grad():
         for name, tensor in weights.items():
             tensor.copy_(loaded[name])
 seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "extra_bytes": rss("VmHWM:") - before}))
+result = {"seconds": seconds, "extra_bytes": rss("VmHWM:") - before}
+if op == "load_tasktrain":
+    result["verify_seconds"] = verify_seconds
+print(json.dumps(result))
 """
 
 RESUME_CHILD = r"""
@@ -140,6 +149,9 @@ def main() -> None:
             "extra_mib_tasktrain": extra,
             "extra_mib_torch": extra_torch,
         }
+    verify_s = statistics.median(r["verify_seconds"] for r in results["load_tasktrain"])
+    print(f"load: of which checksum verification {verify_s:.3f}s")
+    summary["load_verify_s"] = verify_s
     positions = {}
     for skip in (0, 10_000, 31_000):
         out = subprocess.run(

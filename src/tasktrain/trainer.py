@@ -233,7 +233,7 @@ class Trainer:
             self._optim = parse_optimizers(module.configure_optimizers())
             self._optim.optimizer = self.strategy.setup_optimizer(self._optim.optimizer)
             if ckpt_path is not None:
-                path = resolve_ckpt_path(ckpt_path, self.default_root_dir)
+                path = resolve_ckpt_path(ckpt_path, self.default_root_dir, self.strategy)
                 saved = manager.load(path, self._states(), module, self.optimizers, self.strategy)
                 self._call("on_load_checkpoint", saved)
             for logger in self.loggers:
@@ -439,7 +439,7 @@ class Trainer:
 
     def _load_weights(self, ckpt_path: str | None) -> None:
         if ckpt_path is not None:
-            path = resolve_ckpt_path(ckpt_path, self.default_root_dir)
+            path = resolve_ckpt_path(ckpt_path, self.default_root_dir, self.strategy)
             manager.load_weights(path, self._require_module("load weights"), self.strategy)
 
     def _call(self, hook: str, *args: Any) -> None:

@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import shutil
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -324,6 +325,9 @@ def _refresh_manifest(ckpt: Path) -> None:
     """Make the manifest match the files as they are now (as an attacker who rewrites both would)."""
     manifest = json.loads((ckpt / "manifest.json").read_text())
     manifest["files"] = {name: (ckpt / name).stat().st_size for name in manifest["files"]}
+    manifest["checksums"] = {
+        name: f"crc32:{zlib.crc32((ckpt / name).read_bytes()):08x}" for name in manifest["files"]
+    }
     (ckpt / "manifest.json").write_text(json.dumps(manifest))
 
 

@@ -1,4 +1,5 @@
-"""Checkpoint storage: atomic commits, completeness, ``find_last``, fsspec URLs, and kill -9 mid-save."""
+"""Checkpoint storage: atomic commits and replacements, completeness, ``find_last``, leftovers,
+fsspec URLs, and kill -9 mid-save."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 import uuid
+import zlib
 from pathlib import Path
 
 import pytest
@@ -21,8 +24,15 @@ from fsspec.core import url_to_fs
 from torch.utils.data import DataLoader, TensorDataset
 
 import tasktrain as tt
-from tasktrain.checkpoint import find_last, is_complete, read_state
-from tasktrain.checkpoint.storage import CheckpointWriter, remove
+from tasktrain.checkpoint import CheckpointError, find_last, is_complete, read_state
+from tasktrain.checkpoint.storage import (
+    CheckpointWriter,
+    checkpoints,
+    remove,
+    remove_leftovers,
+    resolve,
+    verify,
+)
 
 
 def _commit(path: str | Path, files: dict[str, bytes] | None = None) -> str:
@@ -50,7 +60,11 @@ def test_local_writes_go_to_a_temporary_sibling_and_appear_whole(tmp_path):
         assert find_last(str(tmp_path)) is None
     assert [p.name for p in tmp_path.iterdir()] == ["step=00000001"]
     assert is_complete(str(final))
-    assert json.loads((final / "manifest.json").read_text()) == {"files": {"a.bin": 3}, "step": None}
+    assert json.loads((final / "manifest.json").read_text()) == {
+        "files": {"a.bin": 3},
+        "checksums": {"a.bin": f"crc32:{zlib.crc32(b'abc'):08x}"},
+        "step": None,
+    }
 
 
 def test_a_failed_local_save_leaves_nothing_and_keeps_the_old_checkpoint(tmp_path):
@@ -68,6 +82,76 @@ def test_a_local_save_over_an_existing_checkpoint_replaces_it(tmp_path):
     _commit(final, {"a.bin": b"newer"})
     assert sorted(p.name for p in Path(final).iterdir()) == ["a.bin", "manifest.json"]
     assert is_complete(final)
+
+
+def test_replacing_a_checkpoint_keeps_the_old_one_aside_until_the_new_one_is_in(tmp_path, monkeypatch):
+    final = _commit(tmp_path / "step=00000001", {"a.bin": b"old"})
+    renames: list[tuple[str, str]] = []
+    real_rename = os.rename
+
+    def killed_after_the_first_rename(src, dst):
+        if renames:
+            raise KeyboardInterrupt("killed between the two renames")
+        renames.append((src, dst))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", killed_after_the_first_rename)
+    with pytest.raises(KeyboardInterrupt):
+        _commit(final, {"a.bin": b"new!"})
+    monkeypatch.setattr(os, "rename", real_rename)
+    ((moved, aside),) = renames
+    assert moved == final and re.fullmatch(rf"{re.escape(final)}\.old-[0-9a-f]{{8}}", aside)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert len(names) == 2 and names[0].startswith("step=00000001.old-") and ".tmp-" in names[1]
+
+    # Lookups find the old checkpoint beside its path, once.
+    assert checkpoints(str(tmp_path)) == [aside] and find_last(str(tmp_path)) == aside
+    with pytest.warns(UserWarning, match=r"interrupted.*\.old-"):
+        assert resolve(final) == aside
+    verify(aside)
+    # Fit-start cleanup drops the temporary directory but keeps the only copy.
+    (partial,) = tmp_path.glob("*.tmp-*")
+    assert remove_leftovers(str(tmp_path)) == [str(partial)]
+    assert [p.name for p in tmp_path.iterdir()] == [Path(aside).name]
+
+    # The next save to the path puts a checkpoint there; the old copy then stops counting.
+    _commit(final, {"a.bin": b"newer"})
+    assert checkpoints(str(tmp_path)) == [final]
+    assert resolve(final) == final
+    assert remove_leftovers(str(tmp_path)) == [aside]
+    assert [p.name for p in tmp_path.iterdir()] == ["step=00000001"]
+
+
+def test_an_old_copy_whose_path_is_complete_again_is_not_counted_twice(tmp_path):
+    final = Path(_commit(tmp_path / "step=00000001", {"a.bin": b"new"}))
+    half_deleted = tmp_path / "step=00000001.old-0a1b2c3d"  # killed while deleting it
+    shutil.copytree(final, half_deleted)
+    assert checkpoints(str(tmp_path)) == [str(final)]
+    (half_deleted / "manifest.json").unlink()
+    assert checkpoints(str(tmp_path)) == [str(final)]
+
+
+def test_remove_leftovers_touches_only_our_names(tmp_path):
+    complete = _commit(tmp_path / "step=00000002")
+    ours = ["step=00000003.tmp-0123abcd", "step=00000002.old-89abcdef"]
+    theirs = ["data.tmp-0123abc", "data.tmp-0123ABCD", "data.tmp-0123abcd.x", "y.old-12345678", "keep"]
+    for name in ours + theirs:
+        (tmp_path / name).mkdir()
+    (tmp_path / "notes.tmp-0123abcd").write_text("a file")  # only directories are saves
+    removed = remove_leftovers(str(tmp_path))
+    assert sorted(Path(p).name for p in removed) == sorted(ours)
+    assert {p.name for p in tmp_path.iterdir()} == {Path(complete).name, *theirs, "notes.tmp-0123abcd"}
+    assert remove_leftovers(str(tmp_path / "missing")) == []
+
+
+def test_a_missing_path_does_not_exist(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"does not exist"):
+        resolve(str(tmp_path / "nothing"))
+    with pytest.raises(FileNotFoundError, match=r"does not exist"):
+        verify(str(tmp_path / "nothing"))
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(CheckpointError, match=r"not a complete checkpoint: manifest\.json is missing"):
+        resolve(str(tmp_path / "plain"))
 
 
 @pytest.fixture

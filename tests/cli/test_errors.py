@@ -117,7 +117,7 @@ BAD_INPUT: dict[str, tuple[list[str], list[str]]] = {
     ),
     "missing checkpoint": (
         ["validate", "--task", "tiny_task.py", "--ckpt_path", "nowhere"],
-        ["--ckpt_path: ckpt_path='nowhere' is not a complete checkpoint"],
+        ["--ckpt_path: ckpt_path='nowhere' does not exist"],
     ),
     "export without checkpoint": (
         ["export", "nowhere", "out.safetensors"],

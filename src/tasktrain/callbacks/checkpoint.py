@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from typing_extensions import override
 
 from tasktrain.callbacks.base import Callback
-from tasktrain.checkpoint.storage import remove
+from tasktrain.checkpoint.storage import check_writable, remove, remove_leftovers
 from tasktrain.monitor import monitored
 
 if TYPE_CHECKING:
@@ -24,6 +24,11 @@ _VALIDATION_NAME = re.compile(r"val(id(ation)?)?[/_.\-]", re.IGNORECASE)  # val/
 
 class ModelCheckpoint(Callback):
     """Save checkpoints on a cadence; keep the newest ``keep_last`` and the best ``save_top_k``.
+
+    At fit start, rank 0 checks that ``dirpath`` can be written (an error naming it comes before
+    the first training step, not at the first save) and deletes what interrupted saves left in
+    it (``*.tmp-<8 hex>`` directories, and ``*.old-<8 hex>`` ones whose checkpoint is complete
+    again at its own path); nothing else there is touched.
 
     The two retention policies are independent: a checkpoint is deleted only when it is neither
     among the newest ``keep_last`` nor among the ``save_top_k`` best by ``monitor``. The newest
@@ -130,6 +135,20 @@ class ModelCheckpoint(Callback):
 
     # -- when to save ----------------------------------------------------------------------------
     @override
+    def on_fit_start(self, trainer: Trainer, module: TaskModule[Any]) -> None:
+        dirpath = self._dirpath(trainer)
+        error = None
+        if trainer.is_global_zero:  # no save is in flight now, so every leftover is stale
+            try:
+                check_writable(dirpath)
+                remove_leftovers(dirpath)
+            except OSError as err:
+                error = f"ModelCheckpoint(dirpath={dirpath!r}): {err}"
+        error = trainer.strategy.broadcast(error)  # every rank fails alike, none waits for rank 0
+        if error is not None:
+            raise OSError(error)
+
+    @override
     def on_train_start(self, trainer: Trainer, module: TaskModule[Any]) -> None:
         self._last_time = time.monotonic()
         self._reported = set()
@@ -169,7 +188,7 @@ class ModelCheckpoint(Callback):
         if step == self._last_saved_step:
             return None
         score = self._score(trainer)
-        dirpath = (self.dirpath or f"{trainer.default_root_dir}/checkpoints").rstrip("/")
+        dirpath = self._dirpath(trainer)
         path = f"{dirpath}/{self._format_name(trainer)}"
         # Recorded before writing, so the checkpoint's own copy of this state lists itself.
         previous = (list(self.saved), self._last_saved_step)
@@ -185,6 +204,9 @@ class ModelCheckpoint(Callback):
         if trainer.is_global_zero:
             self._apply_retention(dirpath)  # only now that the new checkpoint is committed
         return path
+
+    def _dirpath(self, trainer: Trainer) -> str:
+        return (self.dirpath or f"{trainer.default_root_dir}/checkpoints").rstrip("/")
 
     # -- what to keep ----------------------------------------------------------------------------
     def _apply_retention(self, dirpath: str) -> None:

@@ -15,7 +15,8 @@
                                           RNG...) as JSON
         states.safetensors                the tensors those states hold, and the states of ranks > 0
                                           where they differ from rank 0's (see checkpoint/codec.py)
-        manifest.json                     written last: the file list with sizes (see storage.py)
+        manifest.json                     written last: the file list with sizes and CRC-32
+                                          checksums, checked before anything loads (see storage.py)
 
 Format version 1 (before the states mapping) kept scheduler and precision state in
 ``optimizer.pt``, per-rank RNG snapshots in ``rng.safetensors`` and a fixed set of keys in
@@ -40,8 +41,8 @@ from torch import Tensor
 
 from tasktrain.checkpoint.errors import CheckpointError
 from tasktrain.checkpoint.safetensors_io import write_safetensors
-from tasktrain.checkpoint.sharded import SHARDED, is_sharded, read_sharded_weights
-from tasktrain.checkpoint.storage import CheckpointWriter
+from tasktrain.checkpoint.sharded import SHARDED, is_sharded, read_sharded_weights, sharded_shapes
+from tasktrain.checkpoint.storage import CheckpointWriter, verify
 from tasktrain.rng import RngState
 
 if TYPE_CHECKING:
@@ -124,7 +125,10 @@ def read_state(path: str) -> dict[str, Any]:
 
 
 def read_weights(path: str) -> dict[str, Tensor]:
-    """The full weights of the checkpoint at ``path`` (all files or rank shards), tied tensors restored."""
+    """The full weights of the checkpoint at ``path`` (all files or rank shards), tied tensors restored.
+
+    This reads files as they are; :func:`~tasktrain.checkpoint.storage.verify` checks them first.
+    """
     if is_sharded(path):
         return read_sharded_weights(f"{path.rstrip('/')}/{SHARDED}")
     fs, root = url_to_fs(path)
@@ -187,6 +191,7 @@ def consolidate(src: str, dst: str) -> None:
     Example:
         >>> consolidate("runs/checkpoints/step=00001000", "model.safetensors")  # doctest: +SKIP
     """
+    verify(src)
     weights = read_weights(src)
     unique, aliases = _deduplicate(weights)
     metadata = {"tasktrain.aliases": json.dumps(aliases), "format": "pt"}
@@ -199,11 +204,31 @@ def consolidate(src: str, dst: str) -> None:
 
 
 def load_module(cls: type[M], path: str, overrides: Mapping[str, Any]) -> M:
-    """Build ``cls(**hparams, **overrides)`` and load the checkpoint's weights into it (strictly)."""
+    """Build ``cls(**hparams, **overrides)`` and load the checkpoint's weights into it (strictly).
+
+    Every file of the checkpoint is verified against its manifest first.
+    """
+    verify(path)
     hparams = read_state(path).get("hparams", {})
     module = cls(**{**hparams, **overrides})
     load_weights_into(module, read_weights(path), path)
     return module
+
+
+def check_readable(path: str) -> None:
+    """Raise a CheckpointError unless what every load reads first parses: ``trainer_state.json``
+    (with a readable format version), each safetensors header and DCP's ``.metadata``.
+
+    Cheap (no tensor data is read); with :func:`~tasktrain.checkpoint.storage.verify` it decides
+    whether ``"last"`` may pick a checkpoint, also for checkpoints whose manifest has no checksums.
+    """
+    read_state(path)
+    fs, root = url_to_fs(path)
+    root = root.rstrip("/")
+    for file in sorted(fs.glob(f"{root}/*.safetensors")):
+        _check_safetensors_header(fs, file, f"{path}/{file.rsplit('/', 1)[-1]}")
+    if is_sharded(path):
+        sharded_shapes(f"{path.rstrip('/')}/{SHARDED}")
 
 
 def load_weights_into(
@@ -349,6 +374,24 @@ def _load_safetensors(path: str, name: str) -> tuple[dict[str, Tensor], dict[str
         raise CheckpointError(
             f"{path}/{name} is not a readable safetensors file ({err}); it is corrupt or truncated"
         ) from err
+
+
+def _check_safetensors_header(fs: Any, file: str, name: str) -> None:
+    """Parse the header of a safetensors file and check that its tensors lie within the file."""
+    size = int(fs.size(file))
+    try:
+        with fs.open(file, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            if length > size - 8:
+                raise ValueError(f"a header of {length} bytes in a file of {size}")
+            header = json.loads(f.read(length))
+        ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
+        raise CheckpointError(
+            f"{name} is not a readable safetensors file ({err}); it is corrupt or truncated"
+        ) from err
+    if max(ends, default=0) > size - 8 - length:
+        raise CheckpointError(f"{name}: its tensors end beyond the file; it is corrupt or truncated")
 
 
 def _safetensors_metadata(data: bytes) -> dict[str, str]:

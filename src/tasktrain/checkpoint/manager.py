@@ -12,7 +12,7 @@ import json
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +23,7 @@ from tasktrain.checkpoint import codec, legacy
 from tasktrain.checkpoint.format import (
     CheckpointError,
     check_fits,
+    check_readable,
     open_checkpoint,
     read_optimizer_state,
     read_state,
@@ -31,26 +32,85 @@ from tasktrain.checkpoint.format import (
     write_checkpoint,
 )
 from tasktrain.checkpoint.sharded import SHARDED, is_sharded, load_sharded, save_sharded, sharded_shapes
-from tasktrain.checkpoint.storage import find_last, problems
+from tasktrain.checkpoint.storage import checkpoints, resolve, verify
 from tasktrain.state import Stateful
 from tasktrain.strategies.base import ModelState, Strategy
 
 Captured = dict[str, Any]  # {name: state_dict()}
 
 
-def resolve_ckpt_path(ckpt_path: str, default_root_dir: str) -> str:
-    """``"last"`` → the newest complete checkpoint under ``default_root_dir``; else check ``ckpt_path``."""
+def resolve_ckpt_path(ckpt_path: str, default_root_dir: str, strategy: Strategy | None = None) -> str:
+    """``"last"`` → the newest checkpoint under ``default_root_dir`` that verifies; else check ``ckpt_path``.
+
+    ``"last"`` skips, with a warning naming each, newer checkpoints that fail verification or
+    whose ``trainer_state.json`` or safetensors headers do not parse. An explicit path must be a
+    complete checkpoint (sizes are checked here, checksums when it is loaded). With a
+    ``strategy`` of several ranks, rank 0 decides and every rank gets its answer (or error).
+
+    Raises:
+        FileNotFoundError: ``ckpt_path`` does not exist, or ``"last"`` finds no checkpoint.
+        CheckpointError: ``ckpt_path`` is not a complete checkpoint, or no checkpoint verifies.
+
+    Example:
+        >>> resolve_ckpt_path("last", "runs")  # doctest: +SKIP
+        'runs/checkpoints/step=00000200'
+    """
+    if strategy is not None and strategy.world_size > 1:
+        return _on_rank_zero(strategy, lambda: resolve_ckpt_path(ckpt_path, default_root_dir))
     if ckpt_path == "last":
-        found = find_last(default_root_dir)
-        if found is None:
-            raise FileNotFoundError(
-                f"ckpt_path='last': no complete checkpoint under default_root_dir={default_root_dir!r}"
+        return _last_verified(default_root_dir)
+    return resolve(ckpt_path, f"ckpt_path={ckpt_path!r}")
+
+
+def _last_verified(default_root_dir: str) -> str:
+    skipped: list[tuple[str, str]] = []
+    for candidate in checkpoints(default_root_dir):
+        try:
+            verify(candidate)
+            check_readable(candidate)
+        except (CheckpointError, OSError) as err:
+            skipped.append((candidate, str(err)))
+            continue
+        for path, reason in skipped:
+            warnings.warn(
+                f"ckpt_path='last': skipping {path}, which does not verify ({reason}); "
+                f"using the older {candidate}",
+                stacklevel=3,
             )
-        return found
-    issues = problems(ckpt_path)
-    if issues:
-        raise CheckpointError(f"ckpt_path={ckpt_path!r} is not a complete checkpoint: {'; '.join(issues)}")
-    return ckpt_path
+        return candidate
+    if skipped:
+        raise CheckpointError(
+            f"ckpt_path='last': none of the {len(skipped)} checkpoint(s) under default_root_dir="
+            f"{default_root_dir!r} verifies: " + "; ".join(f"{path}: {reason}" for path, reason in skipped)
+        )
+    raise FileNotFoundError(
+        f"ckpt_path='last': no complete checkpoint under default_root_dir={default_root_dir!r}"
+    )
+
+
+T = TypeVar("T")
+_PORTABLE_ERRORS = (CheckpointError, FileNotFoundError, PermissionError, OSError, ValueError, TypeError)
+
+
+def _on_rank_zero(strategy: Strategy, fn: Callable[[], T]) -> T:
+    """``fn()`` run by rank 0 alone; every rank returns its result or raises its error, so none
+    waits in a collective for a rank that failed, and files are read once, not once per rank."""
+    if strategy.world_size == 1:
+        return fn()
+    outcome: tuple[bool, Any] | None = None
+    if strategy.is_global_zero:
+        try:
+            outcome = (True, fn())
+        except Exception as err:  # sent as type and message: not every exception pickles
+            if type(err) in _PORTABLE_ERRORS:
+                outcome = (False, (type(err), str(err)))
+            else:
+                outcome = (False, (RuntimeError, f"{type(err).__name__}: {err}"))
+    ok, value = strategy.broadcast(outcome)
+    if ok:
+        return cast(T, value)
+    kind, message = value
+    raise kind(message)
 
 
 def save(
@@ -113,7 +173,10 @@ def load(
 
     States saved under names missing from ``states`` are returned all the same (for
     ``on_load_checkpoint``); entries of ``states`` the checkpoint does not have are left as they are.
+    Every file is verified against the manifest first (by rank 0), so a corrupt checkpoint
+    raises before anything is loaded.
     """
+    _on_rank_zero(strategy, lambda: verify(path))
     trainer_state = read_state(path)
     _warn_if_resharded(trainer_state, strategy, path)
     raw_optimizers = read_optimizer_state(path)
@@ -134,7 +197,8 @@ def load(
 
 
 def load_weights(path: str, module: nn.Module, strategy: Strategy) -> None:
-    """Load only the module's weights (for validate/test/predict)."""
+    """Load only the module's weights (for validate/test/predict), verified first."""
+    _on_rank_zero(strategy, lambda: verify(path))
     read_state(path)  # checks the format version
     _load_model(path, module, (), strategy, [])
 
