@@ -167,7 +167,8 @@ def test_a_monitor_typo_fails_at_the_first_save_after_validation_with_the_close_
         "['train/loss', 'val/score']; did you mean 'val/score'?"
     )
     assert trainer.state.global_step == _epoch_end_steps(0)[0]  # the first epoch-end save
-    assert not (tmp_path / "ckpt").exists() and ckpt.saved == []  # nothing saved without its score
+    # Nothing saved without its score (the directory itself is created and probed at fit start).
+    assert list((tmp_path / "ckpt").iterdir()) == [] and ckpt.saved == []
 
 
 def test_step_checkpoints_before_the_first_validation_have_no_score_and_no_error(tmp_path):
