@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from tasktrain.precision import Precision
+from tasktrain.strategies.named_optim import is_plain, load_named_state_dict, named_state_dict
 
 
 def _rank_from_environment() -> int:
@@ -223,10 +224,12 @@ class Strategy:
 
         sharded = self._saves_sharded if sharded is None else sharded
         options = None if sharded else StateDictOptions(full_state_dict=True, cpu_offload=True)
+        if not sharded and is_plain(module):  # no DCP: it would copy, or create state that does not exist
+            optimizer_states = [named_state_dict(module, opt) for opt in optimizers]
+        else:
+            optimizer_states = [get_optimizer_state_dict(module, opt, options=options) for opt in optimizers]
         return ModelState(
-            model=get_model_state_dict(module, options=options),
-            optimizers=[get_optimizer_state_dict(module, opt, options=options) for opt in optimizers],
-            sharded=sharded,
+            model=get_model_state_dict(module, options=options), optimizers=optimizer_states, sharded=sharded
         )
 
     def set_state(self, module: nn.Module, optimizers: Sequence[Optimizer], state: ModelState) -> None:
@@ -234,8 +237,12 @@ class Strategy:
         from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
         set_model_state_dict(module, dict(state.model))
+        plain = not state.sharded and is_plain(module)
         for optimizer, saved in zip(optimizers, state.optimizers, strict=True):
-            set_optimizer_state_dict(module, optimizer, saved)
+            if plain:  # the loaded tensors themselves, not DCP's zero-initialised state and then a copy
+                load_named_state_dict(module, optimizer, saved)
+            else:
+                set_optimizer_state_dict(module, optimizer, saved)
 
     @property
     def _saves_sharded(self) -> bool:
