@@ -214,7 +214,9 @@ class Strategy:
         hold this rank's shards (DTensors), as ``torch.distributed.checkpoint`` saves and fills
         them. ``sharded=None`` picks this strategy's own checkpoint layout. Sharded strategies
         gather or communicate here, so every rank must call it. None: this strategy cannot give
-        a sharded state (it then loads a sharded checkpoint as full weights).
+        a sharded state (it then loads a sharded checkpoint as full weights). For a plain module
+        (no DTensors, see :func:`~tasktrain.strategies.named_optim.is_plain`) the optimizer states
+        are built without DCP and hold the optimizer's own CPU tensors: write them before the next step.
         """
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
