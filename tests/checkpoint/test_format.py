@@ -215,3 +215,31 @@ def test_consolidate_merges_weight_shards_into_one_file(tmp_path: Path):
     for name in ("a", "b"):
         assert torch.equal(merged[name], weights[name])
     assert set(read_weights(src)) == {"a", "b", "tied"}
+
+
+def test_a_local_optimizer_file_is_memory_mapped_privately(tmp_path: Path):
+    from tasktrain.checkpoint import read_optimizer_state
+
+    trainer, _ = _trained()
+    trainer.save_checkpoint(str(tmp_path / "ckpt"))
+    file = tmp_path / "ckpt" / OPTIMIZER
+    before = file.read_bytes()
+    (saved,) = read_optimizer_state(str(tmp_path / "ckpt"))["optimizers"]
+    exp_avg = next(iter(saved["state"].values()))["exp_avg"]
+    exp_avg.add_(1.0)  # an optimizer step writes into the loaded state: copy-on-write, never the file
+    assert file.read_bytes() == before
+    (again,) = read_optimizer_state(str(tmp_path / "ckpt"))["optimizers"]
+    torch.testing.assert_close(next(iter(again["state"].values()))["exp_avg"] + 1.0, exp_avg)
+
+
+def test_an_optimizer_file_on_another_filesystem_is_read_into_memory():
+    from tasktrain.checkpoint import read_optimizer_state
+
+    trainer, _ = _trained()
+    path = f"memory://opt-{uuid.uuid4().hex}/ckpt"
+    trainer.save_checkpoint(path)
+    (saved,) = read_optimizer_state(path)["optimizers"]
+    names = [name for name, _ in trainer.module.named_parameters()]
+    torch.testing.assert_close(
+        saved["state"][names[0]]["exp_avg"], trainer.optimizer.state[trainer.module.embed.weight]["exp_avg"]
+    )

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io
 import json
+import mmap
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -149,12 +150,22 @@ def read_weights(path: str) -> dict[str, Tensor]:
 
 
 def read_optimizer_state(path: str) -> dict[str, Any]:
-    """The contents of ``optimizer.pt``, loaded with ``weights_only=True`` (no code runs); {} if absent."""
+    """The contents of ``optimizer.pt``, loaded with ``weights_only=True`` (no code runs); {} if absent.
+
+    A local file is memory-mapped, privately (copy-on-write): its tensors are read from the page
+    cache as they are first used, with no whole-file copy in between, and writing to them (an
+    optimizer step) never changes the file. Other filesystems are read into memory first.
+    """
     if not _exists(path, OPTIMIZER):
         return {}
-    data = _read(path, OPTIMIZER)
+    fs, root = url_to_fs(path)
+    source: str | io.BytesIO
+    if isinstance(fs, LocalFileSystem):
+        source = f"{root.rstrip('/')}/{OPTIMIZER}"
+    else:
+        source = io.BytesIO(_read(path, OPTIMIZER))
     try:
-        state: dict[str, Any] = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        state: dict[str, Any] = _load_torch(source)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
         raise CheckpointError(
             f"{path}/{OPTIMIZER} could not be loaded safely ({type(err).__name__}: {err}); it is corrupt, "
@@ -354,6 +365,14 @@ def _read(path: str, name: str) -> bytes:
     with fs.open(file, "rb") as f:
         data: bytes = f.read()
     return data
+
+
+def _load_torch(source: str | io.BytesIO) -> Any:
+    """``torch.load`` of plain data and tensors onto the CPU; a file name is memory-mapped (MAP_PRIVATE)."""
+    if isinstance(source, io.BytesIO):
+        return torch.load(source, weights_only=True, map_location="cpu")
+    with torch.serialization.set_default_mmap_options(mmap.MAP_PRIVATE):
+        return torch.load(source, mmap=True, weights_only=True, map_location="cpu")
 
 
 def _load_safetensors(path: str, name: str) -> tuple[dict[str, Tensor], dict[str, str]]:

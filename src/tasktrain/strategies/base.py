@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from tasktrain.precision import Precision
+from tasktrain.strategies.named_optim import is_plain, load_named_state_dict, named_state_dict
 
 
 def _rank_from_environment() -> int:
@@ -213,7 +214,9 @@ class Strategy:
         hold this rank's shards (DTensors), as ``torch.distributed.checkpoint`` saves and fills
         them. ``sharded=None`` picks this strategy's own checkpoint layout. Sharded strategies
         gather or communicate here, so every rank must call it. None: this strategy cannot give
-        a sharded state (it then loads a sharded checkpoint as full weights).
+        a sharded state (it then loads a sharded checkpoint as full weights). For a plain module
+        (no DTensors, see :func:`~tasktrain.strategies.named_optim.is_plain`) the optimizer states
+        are built without DCP and hold the optimizer's own CPU tensors: write them before the next step.
         """
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
@@ -223,10 +226,12 @@ class Strategy:
 
         sharded = self._saves_sharded if sharded is None else sharded
         options = None if sharded else StateDictOptions(full_state_dict=True, cpu_offload=True)
+        if not sharded and is_plain(module):  # no DCP: it would copy, or create state that does not exist
+            optimizer_states = [named_state_dict(module, opt) for opt in optimizers]
+        else:
+            optimizer_states = [get_optimizer_state_dict(module, opt, options=options) for opt in optimizers]
         return ModelState(
-            model=get_model_state_dict(module, options=options),
-            optimizers=[get_optimizer_state_dict(module, opt, options=options) for opt in optimizers],
-            sharded=sharded,
+            model=get_model_state_dict(module, options=options), optimizers=optimizer_states, sharded=sharded
         )
 
     def set_state(self, module: nn.Module, optimizers: Sequence[Optimizer], state: ModelState) -> None:
@@ -234,8 +239,12 @@ class Strategy:
         from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
         set_model_state_dict(module, dict(state.model))
+        plain = not state.sharded and is_plain(module)
         for optimizer, saved in zip(optimizers, state.optimizers, strict=True):
-            set_optimizer_state_dict(module, optimizer, saved)
+            if plain:  # the loaded tensors themselves, not DCP's zero-initialised state and then a copy
+                load_named_state_dict(module, optimizer, saved)
+            else:
+                set_optimizer_state_dict(module, optimizer, saved)
 
     @property
     def _saves_sharded(self) -> bool:
