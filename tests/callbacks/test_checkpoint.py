@@ -363,3 +363,49 @@ def test_state_dict_is_json_and_round_trips(tmp_path):
     fresh = ModelCheckpoint(monitor="val/score")
     fresh.load_state_dict(ckpt.state_dict())
     assert fresh.saved == ckpt.saved and fresh.best == ckpt.best
+
+
+# -- runs that share a root ------------------------------------------------------------------------
+class _Sized(tt.TaskModule):
+    def __init__(self, hidden: int = 4) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = torch.nn.Sequential(torch.nn.Linear(2, hidden), torch.nn.Linear(hidden, 1))
+
+    def compute_loss(self, batch):
+        x, y = batch
+        return F.mse_loss(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _experiment(root: Path, hidden: int, ckpt_path: str | None = None) -> tuple[_Sized, ModelCheckpoint]:
+    torch.manual_seed(hidden)
+    module, ckpt = _Sized(hidden), ModelCheckpoint(every_n_train_steps=2, keep_last=2)
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(16, 2, generator=g), torch.randn(16, 1, generator=g))
+    trainer = tt.Trainer(
+        max_steps=8, callbacks=[ckpt], logger=False, enable_progress_bar=False, default_root_dir=root
+    )
+    trainer.fit(module, DataLoader(data, batch_size=4), ckpt_path=ckpt_path)
+    return module, ckpt
+
+
+def test_two_experiments_in_one_root_never_overwrite_or_delete_each_others_checkpoints(tmp_path):
+    """Same root, same step names, other models: the second run writes step=...-v1 beside the
+    first run's checkpoints and rotates only its own; every checkpoint of both loads."""
+    first, first_ckpt = _experiment(tmp_path, hidden=3)
+    first_paths = [entry["path"] for entry in first_ckpt.saved]
+    second, second_ckpt = _experiment(tmp_path, hidden=7)
+    second_paths = [entry["path"] for entry in second_ckpt.saved]
+
+    assert [Path(p).name for p in first_paths] == ["step=00000006", "step=00000008"]
+    assert [Path(p).name for p in second_paths] == ["step=00000006-v1", "step=00000008-v1"]
+    for path, hidden in [(p, 3) for p in first_paths] + [(p, 7) for p in second_paths]:
+        assert is_complete(path)
+        assert _Sized.load_from_checkpoint(path).hparams.hidden == hidden
+    intact = _Sized.load_from_checkpoint(first_paths[-1]).state_dict()  # the first run's, unchanged
+    assert all(torch.equal(value, intact[name]) for name, value in first.state_dict().items())
+    final = _Sized.load_from_checkpoint(second_paths[-1]).state_dict()
+    assert all(torch.equal(value, final[name]) for name, value in second.state_dict().items())

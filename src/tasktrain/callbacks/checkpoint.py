@@ -8,6 +8,7 @@ import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from fsspec.core import url_to_fs
 from typing_extensions import override
 
 from tasktrain.callbacks.base import Callback
@@ -189,7 +190,7 @@ class ModelCheckpoint(Callback):
             return None
         score = self._score(trainer)
         dirpath = self._dirpath(trainer)
-        path = f"{dirpath}/{self._format_name(trainer)}"
+        path = self._unclaimed(trainer, f"{dirpath}/{self._format_name(trainer)}")
         # Recorded before writing, so the checkpoint's own copy of this state lists itself.
         previous = (list(self.saved), self._last_saved_step)
         self.saved = [entry for entry in self.saved if entry["path"] != path]
@@ -204,6 +205,20 @@ class ModelCheckpoint(Callback):
         if trainer.is_global_zero:
             self._apply_retention(dirpath)  # only now that the new checkpoint is committed
         return path
+
+    def _unclaimed(self, trainer: Trainer, path: str) -> str:
+        """``path``, or ``path-v1``, ``path-v2``, ... when something this callback did not write is
+        there (another run's checkpoint in a shared root): it never overwrites what is not its own.
+        Rank 0 looks; every rank gets its answer (one broadcast per save)."""
+        chosen = None
+        if trainer.is_global_zero:
+            ours = {entry["path"] for entry in self.saved}
+            fs, _ = url_to_fs(path)
+            chosen, version = path, 0
+            while chosen not in ours and fs.exists(chosen):
+                version += 1
+                chosen = f"{path}-v{version}"
+        return str(trainer.strategy.broadcast(chosen))
 
     def _dirpath(self, trainer: Trainer) -> str:
         return (self.dirpath or f"{trainer.default_root_dir}/checkpoints").rstrip("/")
