@@ -352,15 +352,20 @@ def check_writable(directory: str) -> None:
         OSError: naming ``directory``, when either cannot be written.
     """
     fs, root = url_to_fs(directory)
-    root = root.rstrip("/")
-    probe = f"{root}/.tasktrain-probe-{_hex8()}"
     try:
-        fs.makedirs(root, exist_ok=True)
-        with fs.open(probe, "wb") as f:
-            f.write(b"tasktrain checks that checkpoints can be written here")
-        fs.rm(probe)
+        write_probe(fs, root.rstrip("/"))
     except Exception as err:  # OSError locally; object stores raise types of their own
         raise OSError(f"cannot write checkpoints to {directory!r}: {type(err).__name__}: {err}") from err
+
+
+def write_probe(fs: AbstractFileSystem, directory: str) -> None:
+    """Create ``directory`` (if needed), write a probe file in it and delete it; whatever the
+    filesystem raises is raised (callers name the directory and what it is for)."""
+    probe = f"{directory}/.tasktrain-probe-{_hex8()}"
+    fs.makedirs(directory, exist_ok=True)
+    with fs.open(probe, "wb") as f:
+        f.write(b"tasktrain checks that this directory can be written")
+    fs.rm(probe)
 
 
 # -- internals -----------------------------------------------------------------------------------

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 import fsspec
 from fsspec.core import url_to_fs
 from lightning_utilities.core.rank_zero import rank_zero_only
+
+from tasktrain.checkpoint.storage import write_probe
 
 
 class Logger:
@@ -97,12 +98,8 @@ class FileLogger(Logger):
         Example:
             >>> CSVLogger("memory://runs").check_writable()  # doctest: +SKIP
         """
-        probe = f"{self._dir_path}/.tasktrain-probe-{uuid.uuid4().hex[:12]}"
         try:
-            self._fs.makedirs(self._dir_path, exist_ok=True)
-            with self._fs.open(probe, "wb") as f:
-                f.write(b"")
-            self._fs.rm_file(probe)
+            write_probe(self._fs, self._dir_path)
         except Exception as error:  # fsspec backends raise their own types, not only OSError
             raise OSError(
                 f"{type(self).__name__}: cannot write to the log directory {self.log_dir!r} "
