@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
@@ -112,10 +113,4 @@ def _source_group(
 
 def _on_cpu(value: Any) -> Any:
     """Tensors of a (nested) state on the CPU; CPU tensors are returned as they are, not copied."""
-    if isinstance(value, Tensor):
-        return value.detach().cpu()
-    if isinstance(value, dict):
-        return {k: _on_cpu(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_on_cpu(v) for v in value)
-    return value
+    return apply_to_collection(value, Tensor, lambda tensor: tensor.detach().cpu())
