@@ -9,17 +9,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from tasktrain.strategies.base import Strategy
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A training loss was NaN or infinite under ``on_nonfinite_loss="raise"``."""
 
 
 class ItemCounter:
@@ -102,63 +95,6 @@ class LossTracker:
         self._pending = []
 
 
-class NonFiniteWatch:
-    """The training losses since the last check, so a non-finite one is found without a read per step.
-
-    The accumulation loop notes every micro-batch's loss (a device tensor, no sync); the check,
-    made where a sync happens anyway (a logging step, a save, the end of an epoch), reads all of
-    them at once and names the first non-finite one. Under several ranks the check is agreed, so
-    every rank stops at the same step.
-
-    Example:
-        >>> watch = NonFiniteWatch()
-        >>> watch.note(torch.tensor(1.0), "M.compute_loss", step=0, micro_batch=0, of=1, batch_idx=0)
-        >>> watch.note(torch.tensor(float("nan")), "M.compute_loss", step=1, micro_batch=0, of=1, batch_idx=1)
-        >>> watch.first_bad()
-        'non-finite loss nan returned by M.compute_loss at step 1 (micro-batch 1 of 1, batch_idx 1)'
-    """
-
-    def __init__(self) -> None:
-        self._losses: list[Tensor] = []
-        self._where: list[tuple[str, int, int, int, int]] = []
-
-    def note(self, loss: Tensor, source: str, step: int, micro_batch: int, of: int, batch_idx: int) -> None:
-        """Remember a micro-batch's loss (``micro_batch`` counts from 0) and where it came from."""
-        self._losses.append(loss.detach())
-        self._where.append((source, step, micro_batch, of, batch_idx))
-
-    def first_bad(self) -> str | None:
-        """Describe the first non-finite loss noted since the last call (None: all finite); forgets them."""
-        if not self._losses:
-            return None
-        losses, where = torch.stack(self._losses), self._where
-        self._losses, self._where = [], []
-        finite = torch.isfinite(losses)
-        if bool(finite.all()):  # host sync: once per check, where a sync happens anyway
-            return None
-        index = int((~finite).nonzero()[0, 0])
-        source, step, micro_batch, of, batch_idx = where[index]
-        return (
-            f"non-finite loss {float(losses[index])} returned by {source} at step {step} "
-            f"(micro-batch {micro_batch + 1} of {of}, batch_idx {batch_idx})"
-        )
-
-    def raise_if_any(self, strategy: Strategy, now: int) -> None:
-        """Raise :class:`NonFiniteLossError` on every rank if any rank noted a non-finite loss.
-
-        ``now`` is the current step, named in the message: training continued to it.
-        """
-        local = self.first_bad()
-        if not strategy.any_rank(local is not None):
-            return
-        what = local if local is not None else "non-finite loss on another rank"
-        rank = f" on rank {strategy.global_rank}" if strategy.world_size > 1 and local is not None else ""
-        raise NonFiniteLossError(
-            f"{what}{rank}; found at step {now} (losses are checked on logging steps, saves and epoch ends, "
-            "so the steps in between were taken); pass Trainer(on_nonfinite_loss='skip') to skip such steps"
-        )
-
-
 class TrainTotals:
     """Samples and loss items trained on, and the training loss, over the whole run (resumes included).
 
@@ -173,7 +109,6 @@ class TrainTotals:
         self.samples = ItemCounter()
         self.items = ItemCounter()
         self.losses = LossTracker()
-        self.nonfinite = NonFiniteWatch()  # not saved: checked before every save
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -105,11 +105,7 @@ class Cadence(Loop):
 
 
 def write_step_logs(ctx: LoopContext) -> None:
-    """Write the step values logged since the last write, with ``train/loss`` (the mean since then).
-
-    First, the losses since the last write are checked: a non-finite one raises here.
-    """
-    ctx.totals.nonfinite.raise_if_any(ctx.strategy, ctx.state.global_step)
+    """Write the step values logged since the last write, with ``train/loss`` (the mean since then)."""
     extra: dict[str, float] = {}
     mean = ctx.totals.losses.interval_mean()
     if mean is not None and not ctx.logs.has_step_value("train/loss"):
