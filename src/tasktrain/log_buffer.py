@@ -128,7 +128,9 @@ class LogBuffer:
         self.current_batch: Any = None
         self.callback_metrics: dict[str, float] = {}
         self.progress_bar_metrics: dict[str, float] = {}
+        self.logged_metrics: dict[str, float] = {}  # what went (or would go) to loggers
         self._prog_bar: set[str] = set()
+        self._not_for_loggers: set[str] = set()  # names last logged with logger=False
         self._step_values: dict[str, Any] = {}
         self._step_sync: set[str] = set()
         # Epoch values per stage, so a validation run inside a training epoch keeps both apart.
@@ -160,6 +162,7 @@ class LogBuffer:
         prog_bar: bool = False,
         sync_dist: bool = False,
         batch_size: int | None = None,
+        logger: bool = True,
     ) -> None:
         training = self.stage == "train"
         metric = is_metric(value)
@@ -169,6 +172,10 @@ class LogBuffer:
             on_epoch = not training or metric
         if prog_bar:
             self._prog_bar.add(name)
+        if logger:
+            self._not_for_loggers.discard(name)
+        else:
+            self._not_for_loggers.add(name)
         if metric:
             if on_epoch:
                 self._epoch_metrics[self.stage][name] = value
@@ -227,10 +234,11 @@ class LogBuffer:
 
     def state_dict(self) -> dict[str, Any]:
         """The latest value of every metric, so callbacks resume seeing what they saw (e.g. a best score)."""
-        return {"callback_metrics": dict(self.callback_metrics)}
+        return {"callback_metrics": dict(self.callback_metrics), "logged_metrics": dict(self.logged_metrics)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.callback_metrics.update(state["callback_metrics"])
+        self.logged_metrics.update(state.get("logged_metrics", {}))  # absent from older checkpoints
 
     def _reduce(self, rows: dict[str, Tensor], op: str) -> dict[str, Tensor]:
         """Tensors of one shape, on one device, reduced over ranks in a single collective.
@@ -249,8 +257,12 @@ class LogBuffer:
             return
         self.callback_metrics.update(metrics)
         self.progress_bar_metrics.update({k: v for k, v in metrics.items() if k in self._prog_bar})
+        for_loggers = {k: v for k, v in metrics.items() if k not in self._not_for_loggers}
+        if not for_loggers:
+            return
+        self.logged_metrics.update(for_loggers)
         for logger in self.loggers:
-            logger.log_metrics(metrics, step)
+            logger.log_metrics(for_loggers, step)
 
 
 def _device_of(values: Sequence[Any]) -> torch.device:

@@ -139,13 +139,16 @@ class TaskModule(nn.Module, Generic[BatchT]):
         prog_bar: bool = False,
         sync_dist: bool = False,
         batch_size: int | None = None,
+        logger: bool = True,
     ) -> None:
         """Log a float, a tensor or a torchmetrics ``Metric`` under ``name``.
 
         Defaults: during training ``on_step=True, on_epoch=False``; during evaluation
         ``on_step=False, on_epoch=True`` (a batch-size-weighted mean over the epoch). A ``Metric``
         is computed and reset at the end of the epoch. Logging a tensor never syncs the device:
-        values are read only at the logging interval.
+        values are read only at the logging interval. With ``logger=False`` the value reaches
+        ``trainer.callback_metrics`` (and the progress bar with ``prog_bar=True``), so callbacks
+        can monitor it, but is not written to the loggers nor to ``trainer.logged_metrics``.
 
         The name and value are checked here, at the call (metadata only, no device sync): the
         value must be a number (bools count as 0/1), a tensor with exactly one element, or a
@@ -175,6 +178,7 @@ class TaskModule(nn.Module, Generic[BatchT]):
             prog_bar=prog_bar,
             sync_dist=sync_dist,
             batch_size=batch_size,
+            logger=logger,
         )
 
     def log_dict(self, values: Mapping[str, Any], **kwargs: Any) -> None:

@@ -138,6 +138,7 @@ class Trainer:
         self.train_dataloader: DataLoader[Any] | None = None
         self.val_dataloader: DataLoader[Any] | None = None
         self._optim: OptimizerSetup | None = None
+        self._per_rank_batch_size: int | None = None  # of the current or last fit's training loader
         self._setup_done_for: TaskModule[Any] | None = None
 
     # -- what callbacks and users read -----------------------------------------------------------
@@ -149,6 +150,50 @@ class Trainer:
     @property
     def progress_bar_metrics(self) -> dict[str, float]:
         return self.logs.progress_bar_metrics
+
+    @property
+    def logged_metrics(self) -> dict[str, float]:
+        """The latest value of every metric written to the loggers (not those logged with ``logger=False``).
+
+        Filled whether or not a logger is configured, so it shows what a logger would receive.
+        """
+        return self.logs.logged_metrics
+
+    @property
+    def global_step(self) -> int:
+        """Completed optimizer steps (``trainer.state.global_step``)."""
+        return self.state.global_step
+
+    @property
+    def current_epoch(self) -> int:
+        """Index of the current epoch (``trainer.state.epoch``)."""
+        return self.state.epoch
+
+    @property
+    def checkpoint_callback(self) -> ModelCheckpoint | None:
+        """The first :class:`~tasktrain.callbacks.ModelCheckpoint` among the callbacks (None without one)."""
+        return next(iter(self.checkpoint_callbacks), None)
+
+    @property
+    def checkpoint_callbacks(self) -> list[ModelCheckpoint]:
+        """Every :class:`~tasktrain.callbacks.ModelCheckpoint` among the callbacks, in order."""
+        return [cb for cb in self.callbacks if isinstance(cb, ModelCheckpoint)]
+
+    @property
+    def total_train_batch_size(self) -> int | None:
+        """Samples per optimizer step over all ranks: per-rank batch × accumulation × data-parallel size.
+
+        The per-rank batch is the training dataloader's ``batch_size`` (of the current or last
+        ``fit``); None before ``fit`` or when the loader has no fixed batch size.
+
+        Example:
+            >>> trainer.total_train_batch_size  # batch_size=8, accumulate_grad_batches=4, 2 ranks  # doctest: +SKIP
+            64
+        """
+        per_rank = self._per_rank_batch_size
+        if per_rank is None:
+            return None
+        return per_rank * self.args.accumulate_grad_batches * self.strategy.data_parallel_size
 
     @property
     def is_global_zero(self) -> bool:
@@ -227,6 +272,7 @@ class Trainer:
         with self._run(module, "fit"):
             seed = self.args.seed or 0
             train = train_dataloaders if train_dataloaders is not None else module.train_dataloader()
+            self._per_rank_batch_size = _batch_size(train)
             val = val_dataloaders if val_dataloaders is not None else module.val_dataloader()
             self.train_dataloader = self.strategy.process_dataloader(train, seed)
             self.val_dataloader = self.strategy.process_dataloader(val, seed) if val is not None else None
@@ -342,6 +388,7 @@ class Trainer:
         scheduler state, loops, callbacks, metrics (not its RNGs or data position)."""
         self.module = module
         self._optim = parse_optimizers(module.configure_optimizers())
+        self._per_rank_batch_size = payload["per_rank_batch_size"]
         model = ModelState(payload["model"]["weights"], payload["model"]["optimizers"])
         SingleDevice("cpu").set_state(module, self.optimizers, model)  # full tensors into a plain module
         for name, state in self._states().items():
@@ -471,6 +518,7 @@ def _fit_in_worker(
             },
             "model": {"weights": model.model, "optimizers": model.optimizers},  # plain data for the launcher
             "states": {name: state.state_dict() for name, state in trainer._states().items()},
+            "per_rank_batch_size": trainer._per_rank_batch_size,
         }
     finally:
         trainer.strategy.teardown()
@@ -488,6 +536,15 @@ def _call_in_worker(
         return {"result": getattr(trainer, method)(module, dataloaders, ckpt_path)}
     finally:
         trainer.strategy.teardown()
+
+
+def _batch_size(loader: Any) -> int | None:
+    """A loader's fixed batch size: its ``batch_size``, else its batch sampler's (None if neither)."""
+    for holder in (loader, getattr(loader, "batch_sampler", None)):
+        size = getattr(holder, "batch_size", None)
+        if isinstance(size, int) and not isinstance(size, bool):
+            return size
+    return None
 
 
 def _build_strategy(args: TrainerArgs) -> Strategy:
