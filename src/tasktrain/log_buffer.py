@@ -9,7 +9,8 @@ duck typing, so torchmetrics is never imported here; their ``compute()`` syncs t
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,6 +138,7 @@ class LogBuffer:
         self._epoch_values: dict[str, dict[str, _EpochEntry]] = {"train": {}}
         self._epoch_metrics: dict[str, dict[str, Any]] = {"train": {}}
         self._step_metrics: dict[str, Any] = {}
+        self._muted = False
 
     def begin(self, stage: str) -> None:
         """Start collecting epoch values for ``stage`` ("train", "validate", "test") from scratch."""
@@ -232,6 +234,33 @@ class LogBuffer:
         self._publish(metrics, step)
         return metrics
 
+    @contextmanager
+    def muted(self) -> Iterator[None]:
+        """Collect, reduce and flush as usual, but write to no logger; afterwards every metric
+        (``callback_metrics``, the progress bar's, ``logged_metrics``, pending step values) is as before.
+
+        Example:
+            >>> buf = LogBuffer(loggers=[])
+            >>> with buf.muted():
+            ...     buf.log("loss", 0.5); _ = buf.flush_step(step=0)
+            >>> buf.callback_metrics
+            {}
+        """
+        saved = [
+            (target, dict(target))
+            for target in (self.callback_metrics, self.progress_bar_metrics, self.logged_metrics)
+        ]
+        step_state = (dict(self._step_values), set(self._step_sync), dict(self._step_metrics))
+        self._muted = True
+        try:
+            yield
+        finally:
+            self._muted = False
+            for target, before in saved:
+                target.clear()
+                target.update(before)
+            self._step_values, self._step_sync, self._step_metrics = step_state
+
     def state_dict(self) -> dict[str, Any]:
         """The latest value of every metric, so callbacks resume seeing what they saw (e.g. a best score)."""
         return {"callback_metrics": dict(self.callback_metrics), "logged_metrics": dict(self.logged_metrics)}
@@ -257,6 +286,8 @@ class LogBuffer:
             return
         self.callback_metrics.update(metrics)
         self.progress_bar_metrics.update({k: v for k, v in metrics.items() if k in self._prog_bar})
+        if self._muted:
+            return
         for_loggers = {k: v for k, v in metrics.items() if k not in self._not_for_loggers}
         if not for_loggers:
             return

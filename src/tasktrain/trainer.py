@@ -31,9 +31,11 @@ from tasktrain.loops import (
     LoopContext,
     OptimizationStep,
     PredictionLoop,
+    SanityCheck,
 )
 from tasktrain.loops.cadence import global_mean
 from tasktrain.loops.epoch import num_batches, steps_per_epoch
+from tasktrain.loops.sanity import SANITY_CHECK_STAGE
 from tasktrain.module import TaskModule
 from tasktrain.optim import OptimizerSetup, SchedulerConfig, parse_optimizers
 from tasktrain.precision import build_precision
@@ -45,7 +47,7 @@ from tasktrain.strategies.base import ModelState
 from tasktrain.strategies.launcher import spawn
 from tasktrain.strategies.single import default_device
 from tasktrain.totals import TrainTotals
-from tasktrain.trainer_args import DEEPSPEED_STAGES, TrainerArgs
+from tasktrain.trainer_args import DEEPSPEED_STAGES, TrainerArgs, with_fast_dev_run
 
 
 @dataclass
@@ -101,8 +103,11 @@ class Trainer:
         deterministic: bool = False,
         compile: bool | Mapping[str, Any] = False,
         on_nonfinite_loss: str = "raise",
+        num_sanity_val_steps: int = 0,
+        fast_dev_run: bool | int = False,
     ) -> None:
-        args = TrainerArgs(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        given = TrainerArgs(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        args = with_fast_dev_run(given)
         self.args = args
         self.default_root_dir = str(args.default_root_dir)
         self.log_every_n_steps = args.log_every_n_steps
@@ -130,9 +135,11 @@ class Trainer:
                 ),
             ),
         )
+        self.sanity_check = SanityCheck(args.num_sanity_val_steps, args.limit_val_batches)
+        dev_batches = int(args.fast_dev_run) or None
         self.validate_loop = EvaluationLoop("validate", args.limit_val_batches)
-        self.test_loop = EvaluationLoop("test")
-        self.predict_loop = PredictionLoop()
+        self.test_loop = EvaluationLoop("test", dev_batches)
+        self.predict_loop = PredictionLoop(dev_batches)
         self.logs = LogBuffer(self.loggers, reduce=self.strategy.reduce)
         self.module: TaskModule[Any] | None = None
         self.train_dataloader: DataLoader[Any] | None = None
@@ -194,6 +201,16 @@ class Trainer:
         if per_rank is None:
             return None
         return per_rank * self.args.accumulate_grad_batches * self.strategy.data_parallel_size
+
+    @property
+    def fast_dev_run(self) -> int:
+        """How many batches of each stage ``fast_dev_run`` runs (0: off)."""
+        return int(self.args.fast_dev_run)
+
+    @property
+    def sanity_checking(self) -> bool:
+        """Whether the validation batches before training (``num_sanity_val_steps``) are running."""
+        return self.state.stage == SANITY_CHECK_STAGE
 
     @property
     def is_global_zero(self) -> bool:
@@ -288,6 +305,7 @@ class Trainer:
             self.logs.begin("train")
             self.state.should_stop = False
             self._call("on_fit_start")
+            self.sanity_check.run(ctx)
             start = time.perf_counter()
             before = (self.state.global_step, self.samples_seen, self.items_seen)
             self.fit_loop.run(ctx)

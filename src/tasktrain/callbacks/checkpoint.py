@@ -137,6 +137,8 @@ class ModelCheckpoint(Callback):
     # -- when to save ----------------------------------------------------------------------------
     @override
     def on_fit_start(self, trainer: Trainer, module: TaskModule[Any]) -> None:
+        if trainer.fast_dev_run:  # a smoke test writes nothing
+            return
         dirpath = self._dirpath(trainer)
         error = None
         if trainer.is_global_zero:  # no save is in flight now, so every leftover is stale
@@ -184,9 +186,10 @@ class ModelCheckpoint(Callback):
             self.save(trainer)
 
     def save(self, trainer: Trainer) -> str | None:
-        """Save now (once per step), then apply retention. Returns the path, or None if already saved."""
+        """Save now (once per step), then apply retention. Returns the path, or None if already saved
+        (or under ``fast_dev_run``)."""
         step = trainer.state.global_step
-        if step == self._last_saved_step:
+        if step == self._last_saved_step or trainer.fast_dev_run:
             return None
         score = self._score(trainer)
         dirpath = self._dirpath(trainer)
