@@ -6,7 +6,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -15,6 +15,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from tasktrain.callbacks import Callback, ModelCheckpoint, Preemption, ProgressBar
+from tasktrain.callbacks.checkpoint import best_checkpoint_path, monitoring_checkpoint
 from tasktrain.checkpoint import manager
 from tasktrain.checkpoint.manager import resolve_ckpt_path
 from tasktrain.compile import apply_compile
@@ -56,12 +57,16 @@ class FitResult:
 
     ``metrics`` holds ``train_runtime`` (s), ``train_samples_per_second``,
     ``train_steps_per_second``, ``train_tokens_per_second`` (when the module defines
-    ``count_items``), and the last value of every logged metric.
+    ``count_items``), and the last value of every logged metric. ``best_model_path`` and
+    ``best_model_score`` name the best checkpoint of the first ``ModelCheckpoint`` with a
+    ``monitor`` (None without one, or before any checkpoint had a score).
     """
 
     global_step: int
     train_loss: float
     metrics: dict[str, float] = field(default_factory=dict)
+    best_model_path: str | None = None
+    best_model_score: float | None = None
 
 
 class Trainer:
@@ -281,6 +286,11 @@ class Trainer:
             >>> result.metrics["train_steps_per_second"]            # doctest: +SKIP
         """
         self.strategy.check_module(module)
+        if ckpt_path == "best":
+            raise ValueError(
+                "Trainer.fit(ckpt_path='best'): 'best' is for validate/test/predict (the weights of the best "
+                "checkpoint); fit resumes a whole run: pass ckpt_path='last' or a checkpoint path"
+            )
         if processes := self.strategy.processes_to_launch:  # devices=N: run this fit in N new processes
             payload = spawn(
                 _fit_in_worker, (self, module, train_dataloaders, val_dataloaders, ckpt_path), processes
@@ -320,7 +330,15 @@ class Trainer:
         dataloaders: DataLoader[Any] | None = None,
         ckpt_path: str | None = None,
     ) -> list[dict[str, float]]:
-        """Run the validation loop once; return ``[metrics]`` logged with their epoch values."""
+        """Run the validation loop once; return ``[metrics]`` logged with their epoch values.
+
+        ``ckpt_path`` loads weights first: a checkpoint path, ``"last"``, or ``"best"`` (the best
+        checkpoint of this trainer's monitoring ``ModelCheckpoint``; test and predict alike).
+
+        Example:
+            >>> trainer.fit(model, train, val)                            # doctest: +SKIP
+            >>> trainer.test(model, test_loader, ckpt_path="best")        # doctest: +SKIP
+        """
         return self._evaluate(module, dataloaders, ckpt_path, "validate", self.validate_loop)
 
     def test(
@@ -345,6 +363,7 @@ class Trainer:
         differently than in one process); a loader that shards itself is left as it is.
         """
         self.strategy.check_module(module)
+        ckpt_path = self._best_if_asked(ckpt_path, "predict")
         if processes := self.strategy.processes_to_launch:
             payload = spawn(_call_in_worker, (self, "predict", module, dataloaders, ckpt_path), processes)
             return payload["result"]
@@ -474,6 +493,7 @@ class Trainer:
         loop: EvaluationLoop,
     ) -> list[dict[str, float]]:
         self.strategy.check_module(module)
+        ckpt_path = self._best_if_asked(ckpt_path, stage)
         if processes := self.strategy.processes_to_launch:  # devices=N: evaluate in N new processes
             payload = spawn(_call_in_worker, (self, stage, module, dataloaders, ckpt_path), processes)
             return payload["result"]
@@ -500,7 +520,19 @@ class Trainer:
             metrics["train_tokens_per_second"] = items / runtime if runtime > 0 else 0.0
         train_loss = global_mean(self.strategy, self.totals.losses.mean)
         metrics["train_loss"] = train_loss
-        return FitResult(global_step=self.state.global_step, train_loss=train_loss, metrics=metrics)
+        checkpoint = monitoring_checkpoint(self.callbacks)
+        best = checkpoint.best if checkpoint is not None else None
+        return FitResult(
+            global_step=self.state.global_step,
+            train_loss=train_loss,
+            metrics=metrics,
+            best_model_path=best["path"] if best is not None else None,
+            best_model_score=best["score"] if best is not None else None,
+        )
+
+    def _best_if_asked(self, ckpt_path: str | None, stage: str) -> str | None:
+        """``"best"``: the path of the monitored ModelCheckpoint's best checkpoint, as this trainer knows it."""
+        return best_checkpoint_path(self.callbacks, f"Trainer.{stage}") if ckpt_path == "best" else ckpt_path
 
     def _load_weights(self, ckpt_path: str | None) -> None:
         if ckpt_path is not None:
@@ -529,11 +561,7 @@ def _fit_in_worker(
         model = trainer.strategy.get_state(module, trainer.optimizers, sharded=False)  # every rank gathers
         assert model is not None
         return {
-            "result": {
-                "global_step": result.global_step,
-                "train_loss": result.train_loss,
-                "metrics": result.metrics,
-            },
+            "result": asdict(result),
             "model": {"weights": model.model, "optimizers": model.optimizers},  # plain data for the launcher
             "states": {name: state.state_dict() for name, state in trainer._states().items()},
             "per_rank_batch_size": trainer._per_rank_batch_size,
