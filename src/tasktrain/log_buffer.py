@@ -76,6 +76,7 @@ def check_loggable(name: Any, value: Any) -> None:
 
 
 _PLAIN_NUMBERS = (float, int, bool)
+_STAGE_PREFIXES = {"validate": "val", "test": "test"}  # metric-name prefix of each evaluation stage
 _REDUCE_HINT = "; reduce it first (e.g. .mean()) or log each element under its own name"
 
 
@@ -139,6 +140,7 @@ class LogBuffer:
         self._epoch_metrics: dict[str, dict[str, Any]] = {"train": {}}
         self._step_metrics: dict[str, Any] = {}
         self._muted = False
+        self._scope: str | None = None  # the named evaluation set being run
 
     def begin(self, stage: str) -> None:
         """Start collecting epoch values for ``stage`` ("train", "validate", "test") from scratch."""
@@ -166,6 +168,7 @@ class LogBuffer:
         batch_size: int | None = None,
         logger: bool = True,
     ) -> None:
+        name = self.scoped_name(name)
         training = self.stage == "train"
         metric = is_metric(value)
         if on_step is None:
@@ -233,6 +236,35 @@ class LogBuffer:
         self._epoch_metrics[self.stage] = {}
         self._publish(metrics, step)
         return metrics
+
+    @contextmanager
+    def scoped(self, set_name: str | None) -> Iterator[None]:
+        """Name what is logged meanwhile after the evaluation set ``set_name`` (None: unchanged).
+
+        In stage ``"validate"``, ``val/loss`` becomes ``val/<set_name>/loss`` and a name without
+        the ``val/`` prefix gets it (``acc`` → ``val/<set_name>/acc``); ``"test"`` alike with ``test/``.
+
+        Example:
+            >>> buf = LogBuffer(loggers=[])
+            >>> buf.begin("validate")
+            >>> with buf.scoped("clean"):
+            ...     buf.log("val/loss", 0.5, batch_size=1)
+            >>> buf.flush_epoch(step=0)
+            {'val/clean/loss': 0.5}
+        """
+        previous, self._scope = self._scope, set_name
+        try:
+            yield
+        finally:
+            self._scope = previous
+
+    def scoped_name(self, name: str) -> str:
+        """``name`` as :meth:`scoped` renames it now."""
+        if self._scope is None:
+            return name
+        prefix = _STAGE_PREFIXES.get(self.stage, self.stage)
+        rest = name.removeprefix(f"{prefix}/")
+        return f"{prefix}/{self._scope}/{rest}"
 
     @contextmanager
     def muted(self) -> Iterator[None]:

@@ -202,7 +202,16 @@ class TaskModule(nn.Module, Generic[BatchT]):
         return self.compute_loss(batch)  # type: ignore[return-value]
 
     def validation_step(self, batch: BatchT, batch_idx: int) -> Any:
-        """Evaluate one batch. The default logs ``compute_loss`` as ``val/loss`` (synced over ranks)."""
+        """Evaluate one batch. The default logs ``compute_loss`` as ``val/loss`` (synced over ranks).
+
+        With several named validation sets (``{name: loader}``), what is logged is named
+        ``val/<name>/...``; declare a ``dataloader_name`` parameter to learn which set ``batch``
+        is from (it is passed only to a step that declares it).
+
+        Example:
+            >>> def validation_step(self, batch, batch_idx, dataloader_name=None):  # doctest: +SKIP
+            ...     self.log("val/acc", self.accuracy[dataloader_name](batch))
+        """
         return self._default_eval_step(batch, "val/loss")
 
     def test_step(self, batch: BatchT, batch_idx: int) -> Any:
@@ -247,7 +256,8 @@ class TaskModule(nn.Module, Generic[BatchT]):
             f"no training data: pass train_dataloaders to fit() or implement {type(self).__name__}.train_dataloader()"
         )
 
-    def val_dataloader(self) -> DataLoader[Any] | None:
+    def val_dataloader(self) -> DataLoader[Any] | Mapping[str, DataLoader[Any]] | None:
+        """The validation data: a loader, ``{name: loader}`` (metrics named ``val/<name>/...``), or None."""
         return None
 
     def test_dataloader(self) -> DataLoader[Any]:

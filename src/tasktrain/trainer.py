@@ -36,6 +36,7 @@ from tasktrain.loops import (
 )
 from tasktrain.loops.cadence import global_mean
 from tasktrain.loops.epoch import num_batches, steps_per_epoch
+from tasktrain.loops.evaluation import EvalLoaders, map_dataloaders, named_dataloaders
 from tasktrain.loops.sanity import SANITY_CHECK_STAGE
 from tasktrain.module import TaskModule
 from tasktrain.optim import OptimizerSetup, SchedulerConfig, parse_optimizers
@@ -49,6 +50,10 @@ from tasktrain.strategies.launcher import spawn
 from tasktrain.strategies.single import default_device
 from tasktrain.totals import TrainTotals
 from tasktrain.trainer_args import DEEPSPEED_STAGES, TrainerArgs, with_fast_dev_run
+
+#: What ``fit(val_dataloaders=...)``, ``validate`` and ``test`` take: one loader, ``{name: loader}``
+#: (metrics named ``val/<name>/...``), or a list of DataLoaders (named ``"0"``, ``"1"``, ...).
+EvalDataloaders = DataLoader[Any] | Mapping[str, DataLoader[Any]] | Sequence[DataLoader[Any]]
 
 
 @dataclass
@@ -148,7 +153,7 @@ class Trainer:
         self.logs = LogBuffer(self.loggers, reduce=self.strategy.reduce)
         self.module: TaskModule[Any] | None = None
         self.train_dataloader: DataLoader[Any] | None = None
-        self.val_dataloader: DataLoader[Any] | None = None
+        self.val_dataloader: EvalLoaders | None = None  # one loader, or {name: loader}
         self._optim: OptimizerSetup | None = None
         self._per_rank_batch_size: int | None = None  # of the current or last fit's training loader
         self._setup_done_for: TaskModule[Any] | None = None
@@ -276,10 +281,14 @@ class Trainer:
         self,
         module: TaskModule[Any],
         train_dataloaders: DataLoader[Any] | None = None,
-        val_dataloaders: DataLoader[Any] | None = None,
+        val_dataloaders: EvalDataloaders | None = None,
         ckpt_path: str | None = None,
     ) -> FitResult:
         """Train ``module``; return the final step, the mean training loss and speed metrics.
+
+        ``val_dataloaders`` (or the module's ``val_dataloader()``) may be ``{name: loader}``:
+        each set is validated in turn and its metrics are named ``val/<name>/...``; a list of
+        DataLoaders gets the names ``"0"``, ``"1"``, ...
 
         Example:
             >>> result = Trainer(max_steps=10).fit(model, loader)  # doctest: +SKIP
@@ -302,7 +311,7 @@ class Trainer:
             self._per_rank_batch_size = _batch_size(train)
             val = val_dataloaders if val_dataloaders is not None else module.val_dataloader()
             self.train_dataloader = self.strategy.process_dataloader(train, seed)
-            self.val_dataloader = self.strategy.process_dataloader(val, seed) if val is not None else None
+            self.val_dataloader = self._eval_dataloaders(val, "fit(val_dataloaders=...)")
             self._optim = parse_optimizers(module.configure_optimizers())
             self._optim.optimizer = self.strategy.setup_optimizer(self._optim.optimizer)
             if ckpt_path is not None:
@@ -327,7 +336,7 @@ class Trainer:
     def validate(
         self,
         module: TaskModule[Any],
-        dataloaders: DataLoader[Any] | None = None,
+        dataloaders: EvalDataloaders | None = None,
         ckpt_path: str | None = None,
     ) -> list[dict[str, float]]:
         """Run the validation loop once; return ``[metrics]`` logged with their epoch values.
@@ -344,7 +353,7 @@ class Trainer:
     def test(
         self,
         module: TaskModule[Any],
-        dataloaders: DataLoader[Any] | None = None,
+        dataloaders: EvalDataloaders | None = None,
         ckpt_path: str | None = None,
     ) -> list[dict[str, float]]:
         """Run the test loop once; return ``[metrics]``."""
@@ -487,7 +496,7 @@ class Trainer:
     def _evaluate(
         self,
         module: TaskModule[Any],
-        dataloaders: DataLoader[Any] | None,
+        dataloaders: EvalDataloaders | None,
         ckpt_path: str | None,
         stage: str,
         loop: EvaluationLoop,
@@ -505,8 +514,16 @@ class Trainer:
                 raise ValueError(
                     f"Trainer.{stage}(): no dataloader; pass dataloaders= or implement {type(module).__name__}.val_dataloader()"
                 )
-            loader = self.strategy.process_dataloader(loader, self.args.seed or 0)  # each rank: its own shard
+            loader = self._eval_dataloaders(loader, f"{stage}(dataloaders=...)")
             return [loop.run(self._context(module), loader)]
+
+    def _eval_dataloaders(self, dataloaders: Any, who: str) -> Any:
+        """One evaluation loader or ``{name: loader}`` (a list of DataLoaders gets index names),
+        each as this rank reads it (its own shard)."""
+        if dataloaders is None:
+            return None
+        named = named_dataloaders(dataloaders, f"Trainer.{who}")
+        return map_dataloaders(named, lambda d: self.strategy.process_dataloader(d, self.args.seed or 0))
 
     def _fit_result(self, runtime: float, steps: int, samples: int, items: int) -> FitResult:
         if self.strategy.world_size > 1:  # every rank's samples and items: totals, as one big job
@@ -552,7 +569,7 @@ def _fit_in_worker(
     trainer: Trainer,
     module: TaskModule[Any],
     train_dataloaders: DataLoader[Any] | None,
-    val_dataloaders: DataLoader[Any] | None,
+    val_dataloaders: EvalDataloaders | None,
     ckpt_path: str | None,
 ) -> dict[str, Any]:
     """One rank's fit, started by :func:`~tasktrain.strategies.launcher.spawn`; returns plain data."""
@@ -574,7 +591,7 @@ def _call_in_worker(
     trainer: Trainer,
     method: str,
     module: TaskModule[Any],
-    dataloaders: DataLoader[Any] | None,
+    dataloaders: Any,
     ckpt_path: str | None,
 ) -> dict[str, Any]:
     """One rank's validate/test/predict, started by :func:`~tasktrain.strategies.launcher.spawn`."""

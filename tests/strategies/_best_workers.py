@@ -67,7 +67,21 @@ def ddp_batch_size(root: str) -> dict[str, Any]:
     return {"total_train_batch_size": trainer.total_train_batch_size}
 
 
-SCENARIOS = {"fsdp_best": fsdp_best, "ddp_batch_size": ddp_batch_size}
+class DefaultVal(ScriptedVal):
+    def validation_step(self, batch: Any, batch_idx: int) -> Any:
+        return tt.TaskModule.validation_step(self, batch, batch_idx)  # val/loss, synced over ranks
+
+
+def ddp_named_sets(root: str) -> dict[str, Any]:
+    """Two named validation sets, each sharded over the ranks (sizes that split evenly: no padding)."""
+    torch.manual_seed(0)
+    module = DefaultVal()
+    trainer = tt.Trainer(strategy=DDP(), default_root_dir=root, logger=False, enable_progress_bar=False)
+    metrics = trainer.validate(module, {"a": loader(8, 2, seed=3), "b": loader(6, 3, seed=4)})[0]
+    return {"metrics": metrics, "weights": full_weights(trainer, module)}
+
+
+SCENARIOS = {"fsdp_best": fsdp_best, "ddp_batch_size": ddp_batch_size, "ddp_named_sets": ddp_named_sets}
 
 
 def run(root: str) -> dict[str, Any]:

@@ -1,6 +1,6 @@
-"""The best checkpoint under FSDP (2 gloo ranks): ``restore_best=True`` and ``ckpt_path="best"``
-load the sharded checkpoint whose hand-made validation loss was lowest; and
-``trainer.total_train_batch_size`` counts every data-parallel rank."""
+"""Under 2 gloo ranks: ``restore_best=True`` and ``ckpt_path="best"`` load the sharded (FSDP)
+checkpoint whose hand-made validation loss was lowest; ``trainer.total_train_batch_size`` counts
+every data-parallel rank; named validation sets are sharded and reduced per set (DDP)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import _best_workers as workers
 import pytest
 import torch
 
+from _scripted import data
 from tasktrain.strategies.launcher import spawn
 
 
@@ -52,3 +53,15 @@ def test_fsdp_validate_with_ckpt_path_best_loads_the_best_weights(ranks):
 def test_total_train_batch_size_counts_every_data_parallel_rank(ranks):
     assert _outcome(ranks, "ddp_batch_size")["total_train_batch_size"] == 4 * 3 * 2
     assert _outcome(ranks, "fsdp_best")["total_train_batch_size"] == 4 * 1 * 2
+
+
+def test_each_named_set_under_ddp_equals_a_plain_evaluation_of_the_whole_set(ranks):
+    out = _outcome(ranks, "ddp_named_sets")
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    net.load_state_dict({k.removeprefix("net."): v for k, v in out["weights"].items()})
+    for name, (n, seed) in {"a": (8, 3), "b": (6, 4)}.items():
+        x, y = data(n, seed).tensors
+        with torch.no_grad():
+            expected = torch.nn.functional.mse_loss(net(x), y).item()
+        assert out["metrics"][f"val/{name}/loss"] == pytest.approx(expected, rel=1e-6)
+    assert set(out["metrics"]) == {"val/a/loss", "val/b/loss"}

@@ -6,7 +6,7 @@ from typing import Any
 
 from tasktrain.data import sampler_generator
 from tasktrain.loops.base import LoopContext
-from tasktrain.loops.evaluation import EvaluationLoop, limited
+from tasktrain.loops.evaluation import EvaluationLoop, each_dataloader, limited, map_dataloaders
 from tasktrain.rng import RngState
 
 #: ``trainer.state.stage`` while the sanity check runs (``trainer.sanity_checking`` is then True).
@@ -46,17 +46,21 @@ class SanityCheck:
 
     def run(self, ctx: LoopContext) -> dict[str, float]:
         """Validate on ``ctx.val_dataloader`` (nothing without one); return the metrics it computed."""
-        loader = ctx.val_dataloader
-        if self.num_steps == 0 or loader is None or self.limit_val_batches == 0:
+        loaders = ctx.val_dataloader
+        if self.num_steps == 0 or loaders is None or self.limit_val_batches == 0:
             return {}
-        generator = sampler_generator(loader)
-        rng, stage = RngState.capture(generator), ctx.state.stage
+        generators = [sampler_generator(loader) for _, loader in each_dataloader(loaders)]
+        rngs = [RngState.capture(generator) for generator in generators]  # the globals, and each sampler's
+        stage = ctx.state.stage
         ctx.state.stage = SANITY_CHECK_STAGE
         try:
             with ctx.logs.muted():
-                batches: Any = limited(loader, self.limit_val_batches)
+                batches: Any = map_dataloaders(
+                    loaders, lambda loader: limited(loader, self.limit_val_batches)
+                )
                 self.metrics = self.val_loop.run(ctx, batches)
                 return self.metrics
         finally:
             ctx.state.stage = stage
-            rng.restore(generator)
+            for rng, generator in zip(rngs, generators, strict=True):
+                rng.restore(generator)
