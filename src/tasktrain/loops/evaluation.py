@@ -112,7 +112,8 @@ class EvaluationLoop(Loop):
         self.batch_progress = Progress()
         self._warned_for: weakref.ref[LoopContext] | None = None  # the run (one per Trainer call) warned
 
-    def run(self, ctx: LoopContext, dataloaders: EvalLoaders) -> dict[str, float]:
+    def run(self, ctx: LoopContext, dataloader: EvalLoaders) -> dict[str, float]:
+        """Evaluate ``dataloader`` (one loader, or ``{name: loader}``); return the epoch metrics."""
         prefix, _ = _STAGES[self.stage]
         module, hooks, logs = ctx.module, ctx.hooks, ctx.logs
         was_training, previous_stage = module.training, logs.stage
@@ -123,9 +124,9 @@ class EvaluationLoop(Loop):
         hooks.call(f"on_{prefix}_epoch_start")
         try:
             with torch.no_grad():
-                for name, dataloader in each_dataloader(dataloaders):
+                for name, loader in each_dataloader(dataloader):
                     with logs.scoped(name):
-                        self._run_one(ctx, dataloader, name)
+                        self._run_one(ctx, loader, name)
             hooks.call(f"on_{prefix}_epoch_end")
             metrics = logs.flush_epoch(ctx.state.global_step)
             hooks.call(f"on_{prefix}_end")
