@@ -1,6 +1,7 @@
-"""DESIGN §5.3: with the defaults on (progress bar, logger, ModelCheckpoint, Preemption), steps that
-neither log nor save read nothing back to the host and run no collective besides the strategy's
-own gradient synchronisation: single process, DDP and FSDP (two gloo ranks)."""
+"""DESIGN §5.3: with the defaults on (progress bar, logger, ModelCheckpoint, Preemption) and
+``Throughput`` (FLOPs, MFU, peak memory: DESIGN §5.5), steps that neither log nor save read
+nothing back to the host and run no collective besides the strategy's own gradient
+synchronisation: single process, DDP and FSDP (two gloo ranks)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import tasktrain as tt
 from _syncs import SyncCounter
-from tasktrain.callbacks import ModelCheckpoint, Preemption
+from tasktrain.callbacks import ModelCheckpoint, Preemption, Throughput
 from tasktrain.loops import NonFiniteLossError
 
 
@@ -51,7 +52,7 @@ def _fit_with_defaults(root: Path, **kwargs: Any) -> tt.Trainer:
         max_epochs=1,
         log_every_n_steps=5,
         accumulate_grad_batches=2,
-        callbacks=[counter],
+        callbacks=[counter, Throughput(peak_flops=1e12)],
         default_root_dir=root,
         accelerator="cpu",
         **kwargs,
