@@ -80,3 +80,18 @@ def peak_memory_mb(device: torch.device) -> float:
         pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def empty_cache(device: torch.device) -> bool:
+    """Give the caching allocator's unused blocks back to the device; False when it has none (CPU).
+
+    Example:
+        >>> empty_cache(torch.device("cpu"))
+        False
+    """
+    backend = getattr(torch, device.type, None)  # torch.cuda, torch.xpu, torch.mps, ...
+    release = getattr(backend, "empty_cache", None) if device.type != "cpu" else None
+    if release is None:
+        return False
+    release()
+    return True
