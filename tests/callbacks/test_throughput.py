@@ -46,14 +46,30 @@ class Tokens(Task):
         return int(batch[0].shape[0]) * 7
 
 
-def _fit(module: tt.TaskModule, **kwargs) -> tuple[Recorder, tt.Trainer]:
-    rec = Recorder()
-    trainer = tt.Trainer(
-        callbacks=[Throughput()], logger=rec, enable_progress_bar=False, enable_checkpointing=False, **kwargs
+def _trainer(throughput: Throughput | None = None, **kwargs) -> tt.Trainer:
+    """A Trainer with ``Throughput`` and nothing else that writes (pass ``logger=`` to record)."""
+    kwargs.setdefault("logger", False)
+    return tt.Trainer(
+        callbacks=[throughput or Throughput()],
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        **kwargs,
     )
+
+
+def _loader(n: int = 24, batch_size: int = 3) -> DataLoader:
     g = torch.Generator().manual_seed(0)
-    loader = DataLoader(TensorDataset(torch.randn(24, 4, generator=g), torch.randn(24, 1, generator=g)), 3)
-    trainer.fit(module, loader)
+    return DataLoader(
+        TensorDataset(torch.randn(n, 4, generator=g), torch.randn(n, 1, generator=g)), batch_size
+    )
+
+
+def _fit(
+    module: tt.TaskModule, throughput: Throughput | None = None, **kwargs
+) -> tuple[Recorder, tt.Trainer]:
+    rec = Recorder()
+    trainer = _trainer(throughput, logger=rec, **kwargs)
+    trainer.fit(module, _loader())
     return rec, trainer
 
 
@@ -134,38 +150,19 @@ def test_train_mfu_needs_a_peak_and_is_achieved_flops_over_it():
     rec, _ = _fit(MLP(), max_steps=4, log_every_n_steps=2)
     assert rec.values("train_mfu") == [] and rec.values("total_flos")  # a CPU: no peak known
     peak = 1e9
-    rec = Recorder()
-    trainer = tt.Trainer(
-        callbacks=[Throughput(peak_flops=peak)],
-        logger=rec,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        max_steps=4,
-        log_every_n_steps=2,
-    )
-    g = torch.Generator().manual_seed(0)
-    loader = DataLoader(TensorDataset(torch.randn(24, 4, generator=g), torch.randn(24, 1, generator=g)), 3)
     started = time.perf_counter()
-    result = trainer.fit(MLP(), loader)
+    _, trainer = _fit(MLP(), Throughput(peak_flops=peak), max_steps=4, log_every_n_steps=2)
     elapsed = time.perf_counter() - started
-    mfu = result.metrics["train_mfu"]
+    mfu = trainer.callback_metrics["train_mfu"]
     # At least the FLOPs over the whole fit's time, over the peak (training is part of the fit).
-    assert result.metrics["total_flos"] / elapsed / peak <= mfu < 1
+    assert trainer.callback_metrics["total_flos"] / elapsed / peak <= mfu < 1
 
 
 def test_peak_memory_grows_with_the_batch_size():
     peaks = []
     for batch in (64, 16384):
-        g = torch.Generator().manual_seed(0)
-        data = TensorDataset(torch.randn(batch, 4, generator=g), torch.randn(batch, 1, generator=g))
-        trainer = tt.Trainer(
-            callbacks=[Throughput()],
-            logger=False,
-            enable_progress_bar=False,
-            enable_checkpointing=False,
-            max_steps=1,
-        )
-        peaks.append(trainer.fit(MLP(width=1024), DataLoader(data, batch)).metrics["peak_memory_mb"])
+        result = _trainer(max_steps=1).fit(MLP(width=1024), _loader(batch, batch))
+        peaks.append(result.metrics["peak_memory_mb"])
     # 16384 x 1024 fp32 activations are 64 MiB per layer: the larger batch peaks well above the smaller.
     assert peaks[0] > 0 and peaks[1] > peaks[0] + 64, peaks
 
@@ -197,34 +194,15 @@ def test_total_flos_of_a_small_gpt_is_six_times_parameters_times_tokens():
     torch.manual_seed(0)
     module = TinyGPT()
     tokens = torch.randint(0, 512, (32, 16), generator=torch.Generator().manual_seed(0))
-    trainer = tt.Trainer(
-        callbacks=[Throughput()],
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        max_steps=4,
-    )
-    result = trainer.fit(module, DataLoader(TensorDataset(tokens), batch_size=8))
+    result = _trainer(max_steps=4).fit(module, DataLoader(TensorDataset(tokens), batch_size=8))
     weights = sum(p.numel() for name, p in module.named_parameters() if not name.startswith("embed"))
     estimate = 6 * weights * 4 * 8 * 15  # steps x batch x predicted tokens
     assert abs(result.metrics["total_flos"] / estimate - 1) < 0.10, (result.metrics["total_flos"], estimate)
 
 
 def test_total_flos_under_ddp_sums_the_ranks():
-    trainer = tt.Trainer(
-        callbacks=[Throughput()],
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        max_steps=4,
-        log_every_n_steps=2,
-        strategy="ddp",
-        devices=2,
-        accelerator="cpu",
-    )
-    g = torch.Generator().manual_seed(0)
-    loader = DataLoader(TensorDataset(torch.randn(24, 4, generator=g), torch.randn(24, 1, generator=g)), 3)
-    result = trainer.fit(MLP(), loader)
+    trainer = _trainer(max_steps=4, log_every_n_steps=2, strategy="ddp", devices=2, accelerator="cpu")
+    result = trainer.fit(MLP(), _loader())
     assert result.metrics["total_flos"] == 2 * 4 * _reference_flops(False, micro_batches=1)
 
 
