@@ -135,3 +135,20 @@ def test_preemption_under_two_ranks_agrees_only_on_logging_steps_and_stops_there
     assert stop.value.code == 99
     saved = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert saved == ["step=00000008"], saved  # signal at step 6 on rank 1, agreed at step 8
+
+
+def test_a_train_time_interval_under_two_ranks_is_agreed_on_logging_steps_only(tmp_path: Path) -> None:
+    counter = SyncCounter()
+    tt.Trainer(
+        max_epochs=1,
+        strategy="ddp",
+        devices=2,
+        log_every_n_steps=4,
+        callbacks=[counter, ModelCheckpoint(train_time_interval=3600)],
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        logger=False,
+        accelerator="cpu",
+    ).fit(Regressor(), _loader(128))
+    quiet = counter.quiet_batches()
+    assert len(quiet) >= 8 and all(b["collectives"] == 0 for b in quiet), counter.report(quiet)

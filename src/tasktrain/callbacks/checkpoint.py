@@ -181,14 +181,22 @@ class ModelCheckpoint(Callback):
     @override
     def on_train_step_end(self, trainer: Trainer, module: TaskModule[Any]) -> None:
         step = trainer.state.global_step
-        if (self.every_n_train_steps is not None and step % self.every_n_train_steps == 0) or (
-            self.train_time_interval is not None
-            and trainer.strategy.any_rank(
-                time.monotonic() - self._last_time
-                >= self.train_time_interval  # ranks' clocks differ: agree first
-            )
-        ):
+        if (
+            self.every_n_train_steps is not None and step % self.every_n_train_steps == 0
+        ) or self._time_is_up(trainer):
             self.save(trainer)
+
+    def _time_is_up(self, trainer: Trainer) -> bool:
+        """Whether ``train_time_interval`` has passed; under several processes asked on logging steps only.
+
+        Ranks' clocks differ, so they agree with a collective, and only on steps that sync anyway.
+        """
+        if self.train_time_interval is None:
+            return False
+        up = time.monotonic() - self._last_time >= self.train_time_interval
+        if trainer.strategy.world_size == 1:
+            return up
+        return trainer.state.global_step % trainer.log_every_n_steps == 0 and trainer.strategy.any_rank(up)
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, module: TaskModule[Any]) -> None:
