@@ -9,7 +9,8 @@ duck typing, so torchmetrics is never imported here; their ``compute()`` syncs t
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +76,7 @@ def check_loggable(name: Any, value: Any) -> None:
 
 
 _PLAIN_NUMBERS = (float, int, bool)
+_STAGE_PREFIXES = {"validate": "val", "test": "test"}  # metric-name prefix of each evaluation stage
 _REDUCE_HINT = "; reduce it first (e.g. .mean()) or log each element under its own name"
 
 
@@ -128,13 +130,17 @@ class LogBuffer:
         self.current_batch: Any = None
         self.callback_metrics: dict[str, float] = {}
         self.progress_bar_metrics: dict[str, float] = {}
+        self.logged_metrics: dict[str, float] = {}  # what went (or would go) to loggers
         self._prog_bar: set[str] = set()
+        self._not_for_loggers: set[str] = set()  # names last logged with logger=False
         self._step_values: dict[str, Any] = {}
         self._step_sync: set[str] = set()
         # Epoch values per stage, so a validation run inside a training epoch keeps both apart.
         self._epoch_values: dict[str, dict[str, _EpochEntry]] = {"train": {}}
         self._epoch_metrics: dict[str, dict[str, Any]] = {"train": {}}
         self._step_metrics: dict[str, Any] = {}
+        self._muted = False
+        self._scope: str | None = None  # the named evaluation set being run
 
     def begin(self, stage: str) -> None:
         """Start collecting epoch values for ``stage`` ("train", "validate", "test") from scratch."""
@@ -160,7 +166,9 @@ class LogBuffer:
         prog_bar: bool = False,
         sync_dist: bool = False,
         batch_size: int | None = None,
+        logger: bool = True,
     ) -> None:
+        name = self.scoped_name(name)
         training = self.stage == "train"
         metric = is_metric(value)
         if on_step is None:
@@ -169,6 +177,10 @@ class LogBuffer:
             on_epoch = not training or metric
         if prog_bar:
             self._prog_bar.add(name)
+        if logger:
+            self._not_for_loggers.discard(name)
+        else:
+            self._not_for_loggers.add(name)
         if metric:
             if on_epoch:
                 self._epoch_metrics[self.stage][name] = value
@@ -225,12 +237,69 @@ class LogBuffer:
         self._publish(metrics, step)
         return metrics
 
+    @contextmanager
+    def scoped(self, set_name: str | None) -> Iterator[None]:
+        """Name what is logged meanwhile after the evaluation set ``set_name`` (None: unchanged).
+
+        In stage ``"validate"``, ``val/loss`` becomes ``val/<set_name>/loss`` and a name without
+        the ``val/`` prefix gets it (``acc`` → ``val/<set_name>/acc``); ``"test"`` alike with ``test/``.
+
+        Example:
+            >>> buf = LogBuffer(loggers=[])
+            >>> buf.begin("validate")
+            >>> with buf.scoped("clean"):
+            ...     buf.log("val/loss", 0.5, batch_size=1)
+            >>> buf.flush_epoch(step=0)
+            {'val/clean/loss': 0.5}
+        """
+        previous, self._scope = self._scope, set_name
+        try:
+            yield
+        finally:
+            self._scope = previous
+
+    def scoped_name(self, name: str) -> str:
+        """``name`` as :meth:`scoped` renames it now."""
+        if self._scope is None:
+            return name
+        prefix = _STAGE_PREFIXES.get(self.stage, self.stage)
+        rest = name.removeprefix(f"{prefix}/")
+        return f"{prefix}/{self._scope}/{rest}"
+
+    @contextmanager
+    def muted(self) -> Iterator[None]:
+        """Collect, reduce and flush as usual, but write to no logger; afterwards every metric
+        (``callback_metrics``, the progress bar's, ``logged_metrics``, pending step values) is as before.
+
+        Example:
+            >>> buf = LogBuffer(loggers=[])
+            >>> with buf.muted():
+            ...     buf.log("loss", 0.5); _ = buf.flush_step(step=0)
+            >>> buf.callback_metrics
+            {}
+        """
+        saved = [
+            (target, dict(target))
+            for target in (self.callback_metrics, self.progress_bar_metrics, self.logged_metrics)
+        ]
+        step_state = (dict(self._step_values), set(self._step_sync), dict(self._step_metrics))
+        self._muted = True
+        try:
+            yield
+        finally:
+            self._muted = False
+            for target, before in saved:
+                target.clear()
+                target.update(before)
+            self._step_values, self._step_sync, self._step_metrics = step_state
+
     def state_dict(self) -> dict[str, Any]:
         """The latest value of every metric, so callbacks resume seeing what they saw (e.g. a best score)."""
-        return {"callback_metrics": dict(self.callback_metrics)}
+        return {"callback_metrics": dict(self.callback_metrics), "logged_metrics": dict(self.logged_metrics)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.callback_metrics.update(state["callback_metrics"])
+        self.logged_metrics.update(state.get("logged_metrics", {}))  # absent from older checkpoints
 
     def _reduce(self, rows: dict[str, Tensor], op: str) -> dict[str, Tensor]:
         """Tensors of one shape, on one device, reduced over ranks in a single collective.
@@ -249,8 +318,14 @@ class LogBuffer:
             return
         self.callback_metrics.update(metrics)
         self.progress_bar_metrics.update({k: v for k, v in metrics.items() if k in self._prog_bar})
+        if self._muted:
+            return
+        for_loggers = {k: v for k, v in metrics.items() if k not in self._not_for_loggers}
+        if not for_loggers:
+            return
+        self.logged_metrics.update(for_loggers)
         for logger in self.loggers:
-            logger.log_metrics(metrics, step)
+            logger.log_metrics(for_loggers, step)
 
 
 def _device_of(values: Sequence[Any]) -> torch.device:

@@ -139,13 +139,16 @@ class TaskModule(nn.Module, Generic[BatchT]):
         prog_bar: bool = False,
         sync_dist: bool = False,
         batch_size: int | None = None,
+        logger: bool = True,
     ) -> None:
         """Log a float, a tensor or a torchmetrics ``Metric`` under ``name``.
 
         Defaults: during training ``on_step=True, on_epoch=False``; during evaluation
         ``on_step=False, on_epoch=True`` (a batch-size-weighted mean over the epoch). A ``Metric``
         is computed and reset at the end of the epoch. Logging a tensor never syncs the device:
-        values are read only at the logging interval.
+        values are read only at the logging interval. With ``logger=False`` the value reaches
+        ``trainer.callback_metrics`` (and the progress bar with ``prog_bar=True``), so callbacks
+        can monitor it, but is not written to the loggers nor to ``trainer.logged_metrics``.
 
         The name and value are checked here, at the call (metadata only, no device sync): the
         value must be a number (bools count as 0/1), a tensor with exactly one element, or a
@@ -175,6 +178,7 @@ class TaskModule(nn.Module, Generic[BatchT]):
             prog_bar=prog_bar,
             sync_dist=sync_dist,
             batch_size=batch_size,
+            logger=logger,
         )
 
     def log_dict(self, values: Mapping[str, Any], **kwargs: Any) -> None:
@@ -198,7 +202,16 @@ class TaskModule(nn.Module, Generic[BatchT]):
         return self.compute_loss(batch)  # type: ignore[return-value]
 
     def validation_step(self, batch: BatchT, batch_idx: int) -> Any:
-        """Evaluate one batch. The default logs ``compute_loss`` as ``val/loss`` (synced over ranks)."""
+        """Evaluate one batch. The default logs ``compute_loss`` as ``val/loss`` (synced over ranks).
+
+        With several named validation sets (``{name: loader}``), what is logged is named
+        ``val/<name>/...``; declare a ``dataloader_name`` parameter to learn which set ``batch``
+        is from (it is passed only to a step that declares it).
+
+        Example:
+            >>> def validation_step(self, batch, batch_idx, dataloader_name=None):  # doctest: +SKIP
+            ...     self.log("val/acc", self.accuracy[dataloader_name](batch))
+        """
         return self._default_eval_step(batch, "val/loss")
 
     def test_step(self, batch: BatchT, batch_idx: int) -> Any:
@@ -243,7 +256,8 @@ class TaskModule(nn.Module, Generic[BatchT]):
             f"no training data: pass train_dataloaders to fit() or implement {type(self).__name__}.train_dataloader()"
         )
 
-    def val_dataloader(self) -> DataLoader[Any] | None:
+    def val_dataloader(self) -> DataLoader[Any] | Mapping[str, DataLoader[Any]] | None:
+        """The validation data: a loader, ``{name: loader}`` (metrics named ``val/<name>/...``), or None."""
         return None
 
     def test_dataloader(self) -> DataLoader[Any]:

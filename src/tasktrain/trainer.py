@@ -6,7 +6,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -15,6 +15,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from tasktrain.callbacks import Callback, ModelCheckpoint, Preemption, ProgressBar
+from tasktrain.callbacks.checkpoint import best_checkpoint_path, monitoring_checkpoint
 from tasktrain.checkpoint import manager
 from tasktrain.checkpoint.manager import resolve_ckpt_path
 from tasktrain.compile import apply_compile
@@ -31,9 +32,12 @@ from tasktrain.loops import (
     LoopContext,
     OptimizationStep,
     PredictionLoop,
+    SanityCheck,
 )
 from tasktrain.loops.cadence import global_mean
 from tasktrain.loops.epoch import num_batches, steps_per_epoch
+from tasktrain.loops.evaluation import EvalLoaders, map_dataloaders, named_dataloaders
+from tasktrain.loops.sanity import SANITY_CHECK_STAGE
 from tasktrain.module import TaskModule
 from tasktrain.optim import OptimizerSetup, SchedulerConfig, parse_optimizers
 from tasktrain.precision import build_precision
@@ -45,7 +49,11 @@ from tasktrain.strategies.base import ModelState
 from tasktrain.strategies.launcher import spawn
 from tasktrain.strategies.single import default_device
 from tasktrain.totals import TrainTotals
-from tasktrain.trainer_args import DEEPSPEED_STAGES, TrainerArgs
+from tasktrain.trainer_args import DEEPSPEED_STAGES, TrainerArgs, with_fast_dev_run
+
+#: What ``fit(val_dataloaders=...)``, ``validate`` and ``test`` take: one loader, ``{name: loader}``
+#: (metrics named ``val/<name>/...``), or a list of DataLoaders (named ``"0"``, ``"1"``, ...).
+EvalDataloaders = DataLoader[Any] | Mapping[str, DataLoader[Any]] | Sequence[DataLoader[Any]]
 
 
 @dataclass
@@ -54,12 +62,16 @@ class FitResult:
 
     ``metrics`` holds ``train_runtime`` (s), ``train_samples_per_second``,
     ``train_steps_per_second``, ``train_tokens_per_second`` (when the module defines
-    ``count_items``), and the last value of every logged metric.
+    ``count_items``), and the last value of every logged metric. ``best_model_path`` and
+    ``best_model_score`` name the best checkpoint of the first ``ModelCheckpoint`` with a
+    ``monitor`` (None without one, or before any checkpoint had a score).
     """
 
     global_step: int
     train_loss: float
     metrics: dict[str, float] = field(default_factory=dict)
+    best_model_path: str | None = None
+    best_model_score: float | None = None
 
 
 class Trainer:
@@ -101,8 +113,11 @@ class Trainer:
         deterministic: bool = False,
         compile: bool | Mapping[str, Any] = False,
         on_nonfinite_loss: str = "raise",
+        num_sanity_val_steps: int = 0,
+        fast_dev_run: bool | int = False,
     ) -> None:
-        args = TrainerArgs(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        given = TrainerArgs(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        args = with_fast_dev_run(given)
         self.args = args
         self.default_root_dir = str(args.default_root_dir)
         self.log_every_n_steps = args.log_every_n_steps
@@ -130,14 +145,17 @@ class Trainer:
                 ),
             ),
         )
+        self.sanity_check = SanityCheck(args.num_sanity_val_steps, args.limit_val_batches)
+        dev_batches = int(args.fast_dev_run) or None
         self.validate_loop = EvaluationLoop("validate", args.limit_val_batches)
-        self.test_loop = EvaluationLoop("test")
-        self.predict_loop = PredictionLoop()
+        self.test_loop = EvaluationLoop("test", dev_batches)
+        self.predict_loop = PredictionLoop(dev_batches)
         self.logs = LogBuffer(self.loggers, reduce=self.strategy.reduce)
         self.module: TaskModule[Any] | None = None
         self.train_dataloader: DataLoader[Any] | None = None
-        self.val_dataloader: DataLoader[Any] | None = None
+        self.val_dataloader: EvalLoaders | None = None  # one loader, or {name: loader}
         self._optim: OptimizerSetup | None = None
+        self._per_rank_batch_size: int | None = None  # of the current or last fit's training loader
         self._setup_done_for: TaskModule[Any] | None = None
 
     # -- what callbacks and users read -----------------------------------------------------------
@@ -149,6 +167,60 @@ class Trainer:
     @property
     def progress_bar_metrics(self) -> dict[str, float]:
         return self.logs.progress_bar_metrics
+
+    @property
+    def logged_metrics(self) -> dict[str, float]:
+        """The latest value of every metric written to the loggers (not those logged with ``logger=False``).
+
+        Filled whether or not a logger is configured, so it shows what a logger would receive.
+        """
+        return self.logs.logged_metrics
+
+    @property
+    def global_step(self) -> int:
+        """Completed optimizer steps (``trainer.state.global_step``)."""
+        return self.state.global_step
+
+    @property
+    def current_epoch(self) -> int:
+        """Index of the current epoch (``trainer.state.epoch``)."""
+        return self.state.epoch
+
+    @property
+    def checkpoint_callback(self) -> ModelCheckpoint | None:
+        """The first :class:`~tasktrain.callbacks.ModelCheckpoint` among the callbacks (None without one)."""
+        return next(iter(self.checkpoint_callbacks), None)
+
+    @property
+    def checkpoint_callbacks(self) -> list[ModelCheckpoint]:
+        """Every :class:`~tasktrain.callbacks.ModelCheckpoint` among the callbacks, in order."""
+        return [cb for cb in self.callbacks if isinstance(cb, ModelCheckpoint)]
+
+    @property
+    def total_train_batch_size(self) -> int | None:
+        """Samples per optimizer step over all ranks: per-rank batch × accumulation × data-parallel size.
+
+        The per-rank batch is the training dataloader's ``batch_size`` (of the current or last
+        ``fit``); None before ``fit`` or when the loader has no fixed batch size.
+
+        Example:
+            >>> trainer.total_train_batch_size  # batch_size=8, accumulate_grad_batches=4, 2 ranks  # doctest: +SKIP
+            64
+        """
+        per_rank = self._per_rank_batch_size
+        if per_rank is None:
+            return None
+        return per_rank * self.args.accumulate_grad_batches * self.strategy.data_parallel_size
+
+    @property
+    def fast_dev_run(self) -> int:
+        """How many batches of each stage ``fast_dev_run`` runs (0: off)."""
+        return int(self.args.fast_dev_run)
+
+    @property
+    def sanity_checking(self) -> bool:
+        """Whether the validation batches before training (``num_sanity_val_steps``) are running."""
+        return self.state.stage == SANITY_CHECK_STAGE
 
     @property
     def is_global_zero(self) -> bool:
@@ -209,16 +281,25 @@ class Trainer:
         self,
         module: TaskModule[Any],
         train_dataloaders: DataLoader[Any] | None = None,
-        val_dataloaders: DataLoader[Any] | None = None,
+        val_dataloaders: EvalDataloaders | None = None,
         ckpt_path: str | None = None,
     ) -> FitResult:
         """Train ``module``; return the final step, the mean training loss and speed metrics.
+
+        ``val_dataloaders`` (or the module's ``val_dataloader()``) may be ``{name: loader}``:
+        each set is validated in turn and its metrics are named ``val/<name>/...``; a list of
+        DataLoaders gets the names ``"0"``, ``"1"``, ...
 
         Example:
             >>> result = Trainer(max_steps=10).fit(model, loader)  # doctest: +SKIP
             >>> result.metrics["train_steps_per_second"]            # doctest: +SKIP
         """
         self.strategy.check_module(module)
+        if ckpt_path == "best":
+            raise ValueError(
+                "Trainer.fit(ckpt_path='best'): 'best' is for validate/test/predict (the weights of the best "
+                "checkpoint); fit resumes a whole run: pass ckpt_path='last' or a checkpoint path"
+            )
         if processes := self.strategy.processes_to_launch:  # devices=N: run this fit in N new processes
             payload = spawn(
                 _fit_in_worker, (self, module, train_dataloaders, val_dataloaders, ckpt_path), processes
@@ -227,9 +308,10 @@ class Trainer:
         with self._run(module, "fit"):
             seed = self.args.seed or 0
             train = train_dataloaders if train_dataloaders is not None else module.train_dataloader()
+            self._per_rank_batch_size = _batch_size(train)
             val = val_dataloaders if val_dataloaders is not None else module.val_dataloader()
             self.train_dataloader = self.strategy.process_dataloader(train, seed)
-            self.val_dataloader = self.strategy.process_dataloader(val, seed) if val is not None else None
+            self.val_dataloader = self._eval_dataloaders(val, "fit(val_dataloaders=...)")
             self._optim = parse_optimizers(module.configure_optimizers())
             self._optim.optimizer = self.strategy.setup_optimizer(self._optim.optimizer)
             if ckpt_path is not None:
@@ -242,6 +324,7 @@ class Trainer:
             self.logs.begin("train")
             self.state.should_stop = False
             self._call("on_fit_start")
+            self.sanity_check.run(ctx)
             start = time.perf_counter()
             before = (self.state.global_step, self.samples_seen, self.items_seen)
             self.fit_loop.run(ctx)
@@ -253,16 +336,24 @@ class Trainer:
     def validate(
         self,
         module: TaskModule[Any],
-        dataloaders: DataLoader[Any] | None = None,
+        dataloaders: EvalDataloaders | None = None,
         ckpt_path: str | None = None,
     ) -> list[dict[str, float]]:
-        """Run the validation loop once; return ``[metrics]`` logged with their epoch values."""
+        """Run the validation loop once; return ``[metrics]`` logged with their epoch values.
+
+        ``ckpt_path`` loads weights first: a checkpoint path, ``"last"``, or ``"best"`` (the best
+        checkpoint of this trainer's monitoring ``ModelCheckpoint``; test and predict alike).
+
+        Example:
+            >>> trainer.fit(model, train, val)                            # doctest: +SKIP
+            >>> trainer.test(model, test_loader, ckpt_path="best")        # doctest: +SKIP
+        """
         return self._evaluate(module, dataloaders, ckpt_path, "validate", self.validate_loop)
 
     def test(
         self,
         module: TaskModule[Any],
-        dataloaders: DataLoader[Any] | None = None,
+        dataloaders: EvalDataloaders | None = None,
         ckpt_path: str | None = None,
     ) -> list[dict[str, float]]:
         """Run the test loop once; return ``[metrics]``."""
@@ -281,6 +372,7 @@ class Trainer:
         differently than in one process); a loader that shards itself is left as it is.
         """
         self.strategy.check_module(module)
+        ckpt_path = self._best_if_asked(ckpt_path, "predict")
         if processes := self.strategy.processes_to_launch:
             payload = spawn(_call_in_worker, (self, "predict", module, dataloaders, ckpt_path), processes)
             return payload["result"]
@@ -342,6 +434,7 @@ class Trainer:
         scheduler state, loops, callbacks, metrics (not its RNGs or data position)."""
         self.module = module
         self._optim = parse_optimizers(module.configure_optimizers())
+        self._per_rank_batch_size = payload["per_rank_batch_size"]
         model = ModelState(payload["model"]["weights"], payload["model"]["optimizers"])
         SingleDevice("cpu").set_state(module, self.optimizers, model)  # full tensors into a plain module
         for name, state in self._states().items():
@@ -403,12 +496,13 @@ class Trainer:
     def _evaluate(
         self,
         module: TaskModule[Any],
-        dataloaders: DataLoader[Any] | None,
+        dataloaders: EvalDataloaders | None,
         ckpt_path: str | None,
         stage: str,
         loop: EvaluationLoop,
     ) -> list[dict[str, float]]:
         self.strategy.check_module(module)
+        ckpt_path = self._best_if_asked(ckpt_path, stage)
         if processes := self.strategy.processes_to_launch:  # devices=N: evaluate in N new processes
             payload = spawn(_call_in_worker, (self, stage, module, dataloaders, ckpt_path), processes)
             return payload["result"]
@@ -420,8 +514,16 @@ class Trainer:
                 raise ValueError(
                     f"Trainer.{stage}(): no dataloader; pass dataloaders= or implement {type(module).__name__}.val_dataloader()"
                 )
-            loader = self.strategy.process_dataloader(loader, self.args.seed or 0)  # each rank: its own shard
+            loader = self._eval_dataloaders(loader, f"{stage}(dataloaders=...)")
             return [loop.run(self._context(module), loader)]
+
+    def _eval_dataloaders(self, dataloaders: Any, who: str) -> Any:
+        """One evaluation loader or ``{name: loader}`` (a list of DataLoaders gets index names),
+        each as this rank reads it (its own shard)."""
+        if dataloaders is None:
+            return None
+        named = named_dataloaders(dataloaders, f"Trainer.{who}")
+        return map_dataloaders(named, lambda d: self.strategy.process_dataloader(d, self.args.seed or 0))
 
     def _fit_result(self, runtime: float, steps: int, samples: int, items: int) -> FitResult:
         if self.strategy.world_size > 1:  # every rank's samples and items: totals, as one big job
@@ -435,7 +537,19 @@ class Trainer:
             metrics["train_tokens_per_second"] = items / runtime if runtime > 0 else 0.0
         train_loss = global_mean(self.strategy, self.totals.losses.mean)
         metrics["train_loss"] = train_loss
-        return FitResult(global_step=self.state.global_step, train_loss=train_loss, metrics=metrics)
+        checkpoint = monitoring_checkpoint(self.callbacks)
+        best = checkpoint.best if checkpoint is not None else None
+        return FitResult(
+            global_step=self.state.global_step,
+            train_loss=train_loss,
+            metrics=metrics,
+            best_model_path=best["path"] if best is not None else None,
+            best_model_score=best["score"] if best is not None else None,
+        )
+
+    def _best_if_asked(self, ckpt_path: str | None, stage: str) -> str | None:
+        """``"best"``: the path of the monitored ModelCheckpoint's best checkpoint, as this trainer knows it."""
+        return best_checkpoint_path(self.callbacks, f"Trainer.{stage}") if ckpt_path == "best" else ckpt_path
 
     def _load_weights(self, ckpt_path: str | None) -> None:
         if ckpt_path is not None:
@@ -455,7 +569,7 @@ def _fit_in_worker(
     trainer: Trainer,
     module: TaskModule[Any],
     train_dataloaders: DataLoader[Any] | None,
-    val_dataloaders: DataLoader[Any] | None,
+    val_dataloaders: EvalDataloaders | None,
     ckpt_path: str | None,
 ) -> dict[str, Any]:
     """One rank's fit, started by :func:`~tasktrain.strategies.launcher.spawn`; returns plain data."""
@@ -464,13 +578,10 @@ def _fit_in_worker(
         model = trainer.strategy.get_state(module, trainer.optimizers, sharded=False)  # every rank gathers
         assert model is not None
         return {
-            "result": {
-                "global_step": result.global_step,
-                "train_loss": result.train_loss,
-                "metrics": result.metrics,
-            },
+            "result": asdict(result),
             "model": {"weights": model.model, "optimizers": model.optimizers},  # plain data for the launcher
             "states": {name: state.state_dict() for name, state in trainer._states().items()},
+            "per_rank_batch_size": trainer._per_rank_batch_size,
         }
     finally:
         trainer.strategy.teardown()
@@ -480,7 +591,7 @@ def _call_in_worker(
     trainer: Trainer,
     method: str,
     module: TaskModule[Any],
-    dataloaders: DataLoader[Any] | None,
+    dataloaders: Any,
     ckpt_path: str | None,
 ) -> dict[str, Any]:
     """One rank's validate/test/predict, started by :func:`~tasktrain.strategies.launcher.spawn`."""
@@ -488,6 +599,15 @@ def _call_in_worker(
         return {"result": getattr(trainer, method)(module, dataloaders, ckpt_path)}
     finally:
         trainer.strategy.teardown()
+
+
+def _batch_size(loader: Any) -> int | None:
+    """A loader's fixed batch size: its ``batch_size``, else its batch sampler's (None if neither)."""
+    for holder in (loader, getattr(loader, "batch_sampler", None)):
+        size = getattr(holder, "batch_size", None)
+        if isinstance(size, int) and not isinstance(size, bool):
+            return size
+    return None
 
 
 def _build_strategy(args: TrainerArgs) -> Strategy:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -52,6 +52,8 @@ class TrainerArgs:
     deterministic: bool
     compile: bool | Mapping[str, Any]
     on_nonfinite_loss: str
+    num_sanity_val_steps: int
+    fast_dev_run: bool | int
     #: ``compile`` as torch.compile keyword arguments; None when not compiling.
     compile_options: dict[str, Any] | None = field(init=False, default=None)
 
@@ -62,6 +64,16 @@ class TrainerArgs:
         _count("log_every_n_steps", self.log_every_n_steps, minimum=1)
         _count("check_val_every_n_epoch", self.check_val_every_n_epoch, minimum=1, optional=True)
         _count("num_nodes", self.num_nodes, minimum=1)
+        if type(self.num_sanity_val_steps) is not int or self.num_sanity_val_steps < -1:
+            raise ValueError(
+                f"Trainer(num_sanity_val_steps={self.num_sanity_val_steps!r}): accepted values are an int >= 0 "
+                "(validation batches before training) or -1 (the whole validation set)"
+            )
+        if type(self.fast_dev_run) not in (bool, int) or self.fast_dev_run < 0:
+            raise ValueError(
+                f"Trainer(fast_dev_run={self.fast_dev_run!r}): accepted values are True (1 batch), False, "
+                "or an int >= 0 (that many batches; 0 is off)"
+            )
         if self.seed is not None and (type(self.seed) is not int or not 0 <= self.seed < 2**32):
             raise ValueError(
                 f"Trainer(seed={self.seed!r}): accepted values are None or an int >= 0 and < 2**32"
@@ -132,6 +144,36 @@ class TrainerArgs:
         raise TypeError(
             f"Trainer(logger={self.logger!r}): accepted values are True, False, a Logger or a list of Loggers"
         )
+
+
+def with_fast_dev_run(args: TrainerArgs) -> TrainerArgs:
+    """``args`` as ``fast_dev_run`` runs them: N batches of each stage, one epoch, nothing written.
+
+    ``fast_dev_run=N`` (``True`` is 1) overrides the arguments that say how long to train and
+    validate, and turns the default logger and checkpoints off; off (0 or False), ``args`` is
+    returned unchanged.
+
+    Example:
+        >>> import tasktrain as tt
+        >>> args = tt.Trainer(fast_dev_run=2).args  # the Trainer applies it to its arguments
+        >>> args.limit_train_batches, args.max_epochs, args.enable_checkpointing
+        (2, 1, False)
+    """
+    batches = int(args.fast_dev_run)
+    if not batches:
+        return args
+    return replace(
+        args,
+        max_epochs=1,
+        max_steps=None,
+        limit_train_batches=batches,
+        limit_val_batches=batches,
+        val_check_interval=None,
+        check_val_every_n_epoch=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+    )
 
 
 def _is_sequence_of(value: Any, kind: type) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import re
 import time
+import warnings
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +53,12 @@ class ModelCheckpoint(Callback):
         mode: ``"min"`` or ``"max"``: which direction of ``monitor`` is better.
         save_top_k: how many of the best checkpoints to keep (-1: all).
         max_shard_bytes: split weights into safetensors shards of at most this size.
+        restore_best: at the end of ``fit`` (after the last save), load the weights of the best
+            checkpoint by ``monitor`` into the module (HF's ``load_best_model_at_end``); sharded
+            checkpoints too. Needs ``monitor``.
+
+    The best checkpoint is also what ``Trainer.validate/test/predict(ckpt_path="best")`` loads,
+    and ``FitResult.best_model_path`` / ``best_model_score`` name it.
 
     Example:
         >>> ckpt = ModelCheckpoint(every_n_train_steps=500, keep_last=2, monitor="val/loss", save_top_k=3)
@@ -69,8 +77,16 @@ class ModelCheckpoint(Callback):
         mode: str = "min",
         save_top_k: int = 1,
         max_shard_bytes: int | None = None,
+        restore_best: bool = False,
     ) -> None:
         _check_optional_count("every_n_train_steps", every_n_train_steps)
+        if not isinstance(restore_best, bool):
+            raise TypeError(f"ModelCheckpoint(restore_best={restore_best!r}): must be True or False")
+        if restore_best and monitor is None:
+            raise ValueError(
+                "ModelCheckpoint(restore_best=True) needs monitor= (the metric that says which checkpoint "
+                "is best), e.g. monitor='val/loss'"
+            )
         _check_optional_count("every_n_epochs", every_n_epochs)
         _check_optional_count("keep_last", keep_last)
         if mode not in _MODES:
@@ -101,6 +117,7 @@ class ModelCheckpoint(Callback):
         self.mode = mode
         self.save_top_k = save_top_k
         self.max_shard_bytes = max_shard_bytes
+        self.restore_best = restore_best
         self.saved: list[dict[str, Any]] = []  # oldest first: {"path", "step", "score"}
         self._last_saved_step = -1
         self._last_time = time.monotonic()
@@ -137,6 +154,8 @@ class ModelCheckpoint(Callback):
     # -- when to save ----------------------------------------------------------------------------
     @override
     def on_fit_start(self, trainer: Trainer, module: TaskModule[Any]) -> None:
+        if trainer.fast_dev_run:  # a smoke test writes nothing
+            return
         dirpath = self._dirpath(trainer)
         error = None
         if trainer.is_global_zero:  # no save is in flight now, so every leftover is stale
@@ -182,11 +201,29 @@ class ModelCheckpoint(Callback):
     def on_fit_end(self, trainer: Trainer, module: TaskModule[Any]) -> None:
         if self.save_last:
             self.save(trainer)
+        if self.restore_best and not trainer.fast_dev_run:
+            self._restore_best(trainer, module)
+
+    def _restore_best(self, trainer: Trainer, module: TaskModule[Any]) -> None:
+        """Load the best checkpoint's weights into ``module`` (every rank: sharded loads are collective)."""
+        from tasktrain.checkpoint.manager import load_weights
+
+        best = self.best
+        if best is None:
+            warnings.warn(
+                f"ModelCheckpoint(restore_best=True, monitor={self.monitor!r}): no saved checkpoint has a "
+                "score for it, so the module keeps its final weights",
+                UserWarning,
+                stacklevel=2,
+            )
+            return
+        load_weights(best["path"], module, trainer.strategy)
 
     def save(self, trainer: Trainer) -> str | None:
-        """Save now (once per step), then apply retention. Returns the path, or None if already saved."""
+        """Save now (once per step), then apply retention. Returns the path, or None if already saved
+        (or under ``fast_dev_run``)."""
         step = trainer.state.global_step
-        if step == self._last_saved_step:
+        if step == self._last_saved_step or trainer.fast_dev_run:
             return None
         score = self._score(trainer)
         dirpath = self._dirpath(trainer)
@@ -285,6 +322,43 @@ class ModelCheckpoint(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.saved = [dict(e) for e in state["saved"]]
         self._last_saved_step = int(state["last_saved_step"])
+
+
+def monitoring_checkpoint(callbacks: Sequence[Callback]) -> ModelCheckpoint | None:
+    """The first ``ModelCheckpoint`` among ``callbacks`` that monitors a metric (None if none does)."""
+    return next((cb for cb in callbacks if isinstance(cb, ModelCheckpoint) and cb.monitor is not None), None)
+
+
+def best_checkpoint_path(callbacks: Sequence[Callback], who: str) -> str:
+    """The path of the best checkpoint of the first monitoring ``ModelCheckpoint`` (``ckpt_path="best"``).
+
+    Raises:
+        ValueError: there is no ``ModelCheckpoint``, or none monitors a metric.
+        FileNotFoundError: the monitoring one has saved no checkpoint with a score yet.
+
+    Example:
+        >>> best_checkpoint_path([ModelCheckpoint()], "Trainer.test")
+        Traceback (most recent call last):
+        ...
+        ValueError: Trainer.test(ckpt_path='best'): no ModelCheckpoint monitors a metric, so no checkpoint is best; give the Trainer ModelCheckpoint(monitor='val/loss') (or another logged name) before fit, or pass ckpt_path='last' or a path
+    """
+    checkpoint = monitoring_checkpoint(callbacks)
+    if checkpoint is None:
+        has_any = any(isinstance(cb, ModelCheckpoint) for cb in callbacks)
+        what = "no ModelCheckpoint monitors a metric" if has_any else "the Trainer has no ModelCheckpoint"
+        raise ValueError(
+            f"{who}(ckpt_path='best'): {what}, so no checkpoint is best; give the Trainer "
+            "ModelCheckpoint(monitor='val/loss') (or another logged name) before fit, or pass "
+            "ckpt_path='last' or a path"
+        )
+    best = checkpoint.best
+    if best is None:
+        raise FileNotFoundError(
+            f"{who}(ckpt_path='best'): ModelCheckpoint(monitor={checkpoint.monitor!r}) has saved no "
+            f"checkpoint with a score yet; run fit on this trainer first (with {checkpoint.monitor!r} "
+            "logged before its saves), or resume its state with fit(ckpt_path=...)"
+        )
+    return str(best["path"])
 
 
 def _check_optional_count(name: str, value: int | None) -> None:

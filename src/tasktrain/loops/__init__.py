@@ -13,6 +13,7 @@ from tasktrain.loops.fit import FitLoop
 from tasktrain.loops.hooks import HOOKS, HookDispatcher
 from tasktrain.loops.optimization import OptimizationStep
 from tasktrain.loops.prediction import PredictionLoop
+from tasktrain.loops.sanity import SanityCheck
 
 __all__ = [
     "HOOKS",
@@ -27,5 +28,6 @@ __all__ = [
     "NonFiniteLossError",
     "OptimizationStep",
     "PredictionLoop",
+    "SanityCheck",
     "steps_per_epoch",
 ]

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
     from tasktrain.log_buffer import LogBuffer
+    from tasktrain.loops.evaluation import EvalLoaders
     from tasktrain.loops.hooks import HookDispatcher
     from tasktrain.module import TaskModule
     from tasktrain.optim import OptimizerSetup
@@ -32,7 +33,7 @@ class LoopContext:
     totals: TrainTotals
     optim: OptimizerSetup | None = None
     train_dataloader: DataLoader[Any] | None = None
-    val_dataloader: DataLoader[Any] | None = None
+    val_dataloader: EvalLoaders | None = None  # one loader, or {name: loader}
 
 
 class Loop:
