@@ -56,6 +56,10 @@ class TaskModule(nn.Module, Generic[BatchT]):
         0.1
     """
 
+    #: The gradient clipping threshold (total 2-norm) this module asks for when the Trainer sets
+    #: none (``Trainer(gradient_clip_val=None)``); e.g. ``HFTask`` clips at 1.0 like ``TrainingArguments``.
+    default_gradient_clip_val: float | None = None
+
     def __init__(self) -> None:
         super().__init__()
         self.hparams: HParams = HParams()

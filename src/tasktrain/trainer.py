@@ -313,6 +313,11 @@ class Trainer:
             self.train_dataloader = self.strategy.process_dataloader(train, seed)
             self.val_dataloader = self._eval_dataloaders(val, "fit(val_dataloaders=...)")
             self._optim = parse_optimizers(module.configure_optimizers())
+            if self.args.gradient_clip_val is None and module.default_gradient_clip_val is not None:
+                # the module's own default (HFTask: 1.0), for strategies that clip inside their step
+                self.strategy.configure(
+                    self.args.accumulate_grad_batches, module.default_gradient_clip_val, "norm"
+                )
             self._optim.optimizer = self.strategy.setup_optimizer(self._optim.optimizer)
             if ckpt_path is not None:
                 path = resolve_ckpt_path(ckpt_path, self.default_root_dir, self.strategy)
