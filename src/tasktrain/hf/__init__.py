@@ -9,6 +9,7 @@ Example:
     >>> task = HFTask("./my-bert", learning_rate=3e-5, warmup_ratio=0.1)  # doctest: +SKIP
 """
 
+from tasktrain.hf.export import save_pretrained
 from tasktrain.hf.task import HFTask
 
-__all__ = ["HFTask"]
+__all__ = ["HFTask", "save_pretrained"]
