@@ -22,6 +22,7 @@ from tasktrain.compile import apply_compile
 from tasktrain.data import gather_predictions, sampler_generator, shard_for_prediction
 from tasktrain.log_buffer import LogBuffer
 from tasktrain.loggers import CSVLogger, Logger
+from tasktrain.loggers.base import logger_states
 from tasktrain.loops import (
     AccumulationLoop,
     Cadence,
@@ -415,6 +416,8 @@ class Trainer:
             on_save=lambda checkpoint: self._call("on_save_checkpoint", checkpoint),
             max_shard_bytes=max_shard_bytes,
         )
+        for logger in self.loggers:
+            logger.after_save_checkpoint(path)
 
     # -- internals -------------------------------------------------------------------------------
     def _states(self) -> dict[str, Stateful]:
@@ -431,6 +434,7 @@ class Trainer:
         }
         states.update({f"lr_scheduler.{i}": c.scheduler for i, c in enumerate(self.lr_scheduler_configs)})
         states.update({f"callbacks.{cb.state_key}": cb for cb in self.callbacks})
+        states.update(logger_states(self.loggers))  # trackers' run identity (MLflow, W&B)
         states["rng"] = ProcessRng(lambda: sampler_generator(self.train_dataloader))
         return states
 
@@ -669,6 +673,7 @@ def _build_loggers(args: TrainerArgs) -> list[Logger]:
         return [CSVLogger(str(args.default_root_dir))]
     if args.logger is False:
         return []
-    if isinstance(args.logger, Logger):
-        return [args.logger]
-    return list(args.logger)
+    loggers = [args.logger] if isinstance(args.logger, Logger) else list(args.logger)
+    for logger in loggers:
+        logger.set_default_root_dir(str(args.default_root_dir))
+    return loggers
