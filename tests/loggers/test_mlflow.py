@@ -147,3 +147,18 @@ def test_bad_arguments_are_refused():
     logger.set_default_root_dir("memory://runs")
     with pytest.raises(ValueError, match=r"not a local directory.*pass tracking_uri"):
         logger.resolved_tracking_uri  # noqa: B018
+
+
+def test_under_ddp_rank_0_logs_one_run_that_a_resume_continues(tmp_path):
+    """Two gloo ranks: only rank 0 writes; the launching process learns the run id from rank 0's state."""
+    first = MLFlowLogger(experiment_name="ddp")
+    tracked.fit(tmp_path, first, max_steps=2, strategy="ddp", devices=2)
+    assert first.run_id is not None  # adopted from rank 0
+    second = MLFlowLogger(experiment_name="ddp")
+    tracked.fit(tmp_path, second, max_steps=4, ckpt_path="last", strategy="ddp", devices=2)
+    assert second.run_id == first.run_id
+    client = _client(tmp_path)
+    assert _only_run(client, "ddp") == first.run_id
+    history = _history(client, first.run_id)
+    assert tracked.steps(history)["train/loss"] == [1, 2, 3, 4]
+    assert history == tracked.csv_history(tmp_path)
