@@ -176,3 +176,23 @@ def reference_fit(
 def groups(batches: Sequence[Any], accumulate: int) -> list[list[Any]]:
     """Consecutive groups of ``accumulate`` micro-batches, the remainder group last."""
     return [list(batches[i : i + accumulate]) for i in range(0, len(batches), accumulate)]
+
+
+def tiny_llama() -> nn.Module:
+    """A 2-layer Llama (hidden 16, 4 heads, 2 KV heads): a model with transformers' own TP plan."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+        pad_token_id=PAD,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config)

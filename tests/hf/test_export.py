@@ -107,6 +107,20 @@ def test_export_of_a_two_rank_checkpoint(tmp_path, strategy):
     _reload_and_compare(out, "AutoModelForCausalLM", task.model)
 
 
+def test_export_of_a_tensor_parallel_checkpoint(tmp_path):
+    """A Llama split by its own TP plan over two ranks; the checkpoint holds DTensor shards."""
+    task, last = _fit(tmp_path, tiny.tiny_llama(), tiny.lm_collate, strategy="tp", devices=2)
+    assert (Path(last) / "sharded").is_dir()
+    out = tmp_path / "exported"
+    save_pretrained(last, out)
+    _reload_and_compare(out, "AutoModelForCausalLM", task.model)
+
+
+def test_models_without_a_tp_plan_are_refused_by_parallelize():
+    with pytest.raises(NotImplementedError, match=r"GPT2LMHeadModel has no tensor-parallel plan"):
+        HFTask(tiny.tiny_gpt2()).parallelize(None)  # type: ignore[arg-type]
+
+
 def test_a_lora_run_exports_its_adapter_for_peft_model_from_pretrained(tmp_path):
     peft = pytest.importorskip("peft")
     base_dir = tmp_path / "base"

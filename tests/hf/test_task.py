@@ -322,3 +322,15 @@ def test_cli_fits_a_model_directory(tmp_path):
     assert last is not None
     loaded = HFTask.load_from_checkpoint(last)
     assert loaded.hparams.learning_rate == 0.001 and loaded.hparams.model["class"] == "GPT2LMHeadModel"
+
+
+def test_tensor_parallel_follows_the_models_tp_plan_and_matches_one_device(tmp_path):
+    """A Llama split by transformers' own plan over 2 ranks (q/k/v/gate/up colwise, o/down rowwise),
+    embeddings and norms replicated; clipping (set small, so it acts on every step) spans both kinds."""
+    loader = tiny.loader(SAMPLES, BATCH, tiny.lm_collate)
+    one = _task(tiny.tiny_llama(), max_grad_norm=0.05)
+    _trainer(tmp_path / "one").fit(one, loader)
+    split = _task(tiny.tiny_llama(), max_grad_norm=0.05)
+    _trainer(tmp_path / "tp", strategy="tp", devices=2).fit(split, loader)
+    assert _logged_losses(tmp_path / "tp") == pytest.approx(_logged_losses(tmp_path / "one"), abs=1e-5)
+    _assert_same_weights(split.model, one.model, atol=1e-4)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
 
 from tasktrain.hf._models import base_model_of, is_peft_model, load_model, to_spec
 from tasktrain.module import TaskModule
@@ -166,6 +169,27 @@ class HFTask(TaskModule[Mapping[str, Any]]):
             hp.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- tensor parallelism: the model's own plan -------------------------------------------------
+    def parallelize(self, mesh: DeviceMesh) -> None:
+        """Apply the model's ``config.base_model_tp_plan`` (transformers' own TP plan) over ``mesh``.
+
+        ``"colwise"`` and ``"rowwise"`` layers become torch's ``ColwiseParallel`` and
+        ``RowwiseParallel``; the rest (embeddings, norms, the head) stays replicated. Models
+        without a plan (BERT, GPT-2) are refused with a message; Llama-style models have one.
+        """
+        from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+        base: Any = base_model_of(self.model)
+        plan = getattr(base.config, "base_model_tp_plan", None) or {}
+        styles = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel}
+        torch_plan = {path: styles[style]() for path, style in plan.items() if style in styles}
+        if not torch_plan:
+            raise NotImplementedError(
+                f"HFTask: {type(base).__name__} has no tensor-parallel plan (config.base_model_tp_plan with "
+                "'colwise'/'rowwise' layers); use strategy='ddp' or 'fsdp', or subclass HFTask and override parallelize"
+            )
+        parallelize_module(getattr(base, base.base_model_prefix), mesh, torch_plan)
 
     # -- NEFTune: noise on the input embeddings while training, as the HF Trainer adds it ----------
     def on_train_start(self) -> None:
