@@ -168,3 +168,72 @@ def test_exporting_a_checkpoint_that_is_not_an_hf_task_is_refused(tmp_path, caps
     )
     assert main(["export", str(tmp_path / "plain"), str(tmp_path / "out"), "--format", "hf"]) != 0
     assert "hold no transformers model spec" in capsys.readouterr().err
+
+
+def test_adapter_only_checkpoints_hold_the_adapters_and_still_resume_load_and_export(tmp_path):
+    peft = pytest.importorskip("peft")
+    from tasktrain.checkpoint import read_state, read_weights
+
+    base_dir = tmp_path / "base"
+    tiny.tiny_bert("cls").save_pretrained(base_dir)
+    lora = {
+        "peft_type": "LORA",
+        "task_type": "SEQ_CLS",
+        "r": 4,
+        "lora_alpha": 8,
+        "target_modules": ["query", "value"],
+    }
+    batches = [
+        {**tiny.lm_collate(tiny.sequences(2, seed=s)), "labels": torch.tensor([s % 3, (s + 1) % 3])}
+        for s in range(4)
+    ]
+
+    def fit(root: Path, max_steps: int, ckpt_path: str | None = None) -> HFTask:
+        torch.manual_seed(0)  # the same LoRA initialisation in every run
+        task = HFTask(  # constant: a linear schedule's length would follow each fit's max_steps
+            str(base_dir),
+            peft_config=lora,
+            learning_rate=1e-2,
+            lr_scheduler_type="constant",
+            adapter_only_checkpoints=True,
+        )
+        trainer = tt.Trainer(
+            max_steps=max_steps,
+            logger=False,
+            enable_progress_bar=False,
+            default_root_dir=root,
+            accelerator="cpu",
+        )
+        trainer.fit(task, batches, ckpt_path=ckpt_path)
+        return task
+
+    task = fit(tmp_path / "runs", 6)
+    last = find_last(str(tmp_path / "runs"))
+    assert last is not None
+    saved = read_weights(last)
+    trainable = {f"model.{n}" for n, p in task.model.named_parameters() if p.requires_grad}
+    assert set(saved) == trainable  # LoRA A/B and the classifier only: no frozen base
+    assert read_state(last)["hparams"]["adapter_only_checkpoints"] is True  # and the checkpoint says so
+    assert read_state(last)["hparams"]["model"]["pretrained"] == str(base_dir.resolve())
+    # resume exactly from such a checkpoint: stop at 3, resume to 6
+    fit(tmp_path / "parts", 3)
+    resumed = fit(tmp_path / "parts", 6, ckpt_path="last")
+    for name, tensor in task.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], tensor), name
+    # load_from_checkpoint rebuilds the base from its directory and the adapters from the checkpoint
+    loaded = HFTask.load_from_checkpoint(last)
+    full = {k: v for k, v in loaded.model.state_dict().items()}
+    for name, tensor in task.model.state_dict().items():
+        assert torch.equal(full[name], tensor), name
+    out = tmp_path / "adapter"
+    save_pretrained(last, out)
+    reloaded = peft.PeftModel.from_pretrained(
+        transformers.AutoModelForSequenceClassification.from_pretrained(base_dir), out
+    )
+    for name, tensor in task.model.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[name], tensor), name
+
+
+def test_adapter_only_checkpoints_need_a_peft_model_from_a_directory():
+    with pytest.raises(ValueError, match=r"adapter_only_checkpoints=True\) needs a PEFT model"):
+        HFTask(tiny.tiny_bert("cls"), adapter_only_checkpoints=True)

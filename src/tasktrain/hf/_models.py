@@ -3,7 +3,8 @@
 A *model spec* is what ``HFTask`` keeps in ``hparams`` (and so in every checkpoint)::
 
     {"class": "BertForSequenceClassification", "config": {...config.json...},
-     "peft_config": {...adapter_config.json...} | None}
+     "peft_config": {...adapter_config.json...} | None,
+     "pretrained": "/abs/model/dir"}   # only for adapter-only checkpoints: where the frozen base is
 
 It rebuilds the architecture with random weights (the checkpoint's weights are loaded after),
 without the directory the run started from. ``transformers`` is imported here, on use.
@@ -18,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-SPEC_KEYS = ("class", "config", "peft_config")
+SPEC_KEYS = ("class", "config", "peft_config", "pretrained")
 
 
 def is_peft_model(model: nn.Module) -> bool:
@@ -90,6 +91,14 @@ def from_spec(spec: Mapping[str, Any]) -> nn.Module:
     config_dict = dict(spec["config"])
     config_cls: Any = cls.config_class
     config = config_cls.from_dict(config_dict)
+    pretrained = spec.get("pretrained")
+    if pretrained is not None:  # the frozen base of adapter-only checkpoints: its weights from there
+        if not os.path.isdir(pretrained):
+            raise FileNotFoundError(
+                f"the checkpoint's adapters were trained on the base model in {pretrained!r}, which is gone; "
+                "checkpoints with adapter_only_checkpoints=True need it to rebuild the model"
+            )
+        return cls.from_pretrained(pretrained, config=config, local_files_only=True)  # type: ignore[no-any-return,unused-ignore]
     model = cls(config)
     model.eval()  # from_pretrained's mode; the Trainer switches to train mode for fitting
     return model

@@ -49,6 +49,9 @@ def save_pretrained(
         )
     model = load_model(dict(spec), None, None, None)
     missing, unexpected = model.load_state_dict(model_weights, strict=False)
+    if spec.get("pretrained") is not None:  # adapter-only checkpoint: the frozen base came from its directory
+        frozen = {name for name, param in model.named_parameters() if not param.requires_grad}
+        missing = [name for name in missing if name not in frozen]
     if missing or unexpected:
         raise ValueError(
             f"save_pretrained({ckpt!r}): the checkpoint's weights do not fit {spec['class']}: "

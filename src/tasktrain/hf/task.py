@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,9 @@ class HFTask(TaskModule[Mapping[str, Any]]):
             ``"AutoModelForSequenceClassification"``); default: the architecture in its config.
         model_kwargs: for a directory: keyword arguments of ``from_pretrained`` (e.g. ``num_labels``).
         peft_config: a peft config (e.g. ``LoraConfig``) or its dict, applied to the model.
+        adapter_only_checkpoints: for a PEFT model loaded from a directory: checkpoints hold only
+            the trainable (adapter) weights, not the frozen base each time; the spec in ``hparams``
+            then names the base directory (``"pretrained"``), which rebuilding needs.
         causal_lm: whether the loss shifts the labels by one (default: detected from the model).
 
     Example:
@@ -76,6 +80,7 @@ class HFTask(TaskModule[Mapping[str, Any]]):
         auto_class: str | None = None,
         model_kwargs: dict[str, Any] | None = None,
         peft_config: Any = None,
+        adapter_only_checkpoints: bool = False,
         causal_lm: bool | None = None,
     ) -> None:
         super().__init__()
@@ -88,8 +93,12 @@ class HFTask(TaskModule[Mapping[str, Any]]):
         self.causal_lm = _shifts_labels(self.model) if causal_lm is None else bool(causal_lm)
         self.default_gradient_clip_val = max_grad_norm
         self._neftune_handle: Any = None
+        spec = to_spec(self.model)  # plain JSON: the architecture, not a path that may be gone later
+        self.adapter_only_checkpoints = adapter_only_checkpoints
+        if adapter_only_checkpoints:
+            spec["pretrained"] = _base_directory(model, self.model)
         self.hparams.update(
-            model=to_spec(self.model),  # plain JSON: the architecture, not a path that may be gone later
+            model=spec,
             learning_rate=learning_rate,
             weight_decay=weight_decay,
             adam_beta1=adam_beta1,
@@ -101,8 +110,36 @@ class HFTask(TaskModule[Mapping[str, Any]]):
             max_grad_norm=max_grad_norm,
             neftune_noise_alpha=neftune_noise_alpha,
             gradient_checkpointing=gradient_checkpointing,
+            adapter_only_checkpoints=adapter_only_checkpoints,
             causal_lm=self.causal_lm,
         )
+
+    # -- adapter-only checkpoints: the frozen base is left out of the state dict --------------------
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        """The module's state; with ``adapter_only_checkpoints``, without the frozen parameters."""
+        state = super().state_dict(*args, **kwargs)
+        if self.adapter_only_checkpoints:
+            prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
+            for name in self._frozen_names():
+                state.pop(prefix + name, None)
+        return state
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        """Load ``state_dict``; with ``adapter_only_checkpoints`` the frozen parameters may be absent."""
+        if not self.adapter_only_checkpoints:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = sorted(set(result.missing_keys) - set(self._frozen_names()))
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(
+                f"HFTask.load_state_dict: missing keys {missing[:5]}, unexpected keys {result.unexpected_keys[:5]}"
+            )
+        return result
+
+    def _frozen_names(self) -> list[str]:
+        return [name for name, param in self.named_parameters() if not param.requires_grad]
 
     # -- the model ---------------------------------------------------------------------------------
     def forward(self, batch: Mapping[str, Any]) -> Any:
@@ -229,6 +266,18 @@ def warmup_steps_for(warmup_steps: float, warmup_ratio: float, total_steps: int)
     if warmup_steps > 0:
         return math.ceil(total_steps * warmup_steps)
     return math.ceil(total_steps * warmup_ratio)
+
+
+def _base_directory(given: Any, model: nn.Module) -> str:
+    """The directory of the frozen base, for adapter-only checkpoints (refused otherwise)."""
+    if isinstance(given, Mapping) and given.get("pretrained") is not None:  # rebuilt from a checkpoint's spec
+        return str(given["pretrained"])
+    if not is_peft_model(model) or not isinstance(given, (str, os.PathLike)):
+        raise ValueError(
+            "HFTask(adapter_only_checkpoints=True) needs a PEFT model (peft_config=...) loaded from a local "
+            "directory (model=PATH): checkpoints then hold the adapters, and the base is read from PATH again"
+        )
+    return os.path.abspath(os.fspath(given))
 
 
 def _shifts_labels(model: nn.Module) -> bool:
