@@ -334,3 +334,27 @@ def test_tensor_parallel_follows_the_models_tp_plan_and_matches_one_device(tmp_p
     _trainer(tmp_path / "tp", strategy="tp", devices=2).fit(split, loader)
     assert _logged_losses(tmp_path / "tp") == pytest.approx(_logged_losses(tmp_path / "one"), abs=1e-5)
     _assert_same_weights(split.model, one.model, atol=1e-4)
+
+
+def test_batches_from_a_transformers_tokenizer_and_data_collator(tmp_path):
+    """What users feed the HF Trainer: a fast tokenizer's BatchEncoding, padded by DataCollatorWithPadding."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import DataCollatorWithPadding, PreTrainedTokenizerFast
+
+    texts = [
+        "the zen of python",
+        "beautiful is better than ugly",
+        "explicit is better",
+        "simple is better",
+    ] * 2
+    raw = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    raw.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="[PAD]", unk_token="[UNK]")
+    rows = [{**tokenizer(t), "labels": i % 3} for i, t in enumerate(texts)]
+    loader = torch.utils.data.DataLoader(rows, batch_size=4, collate_fn=DataCollatorWithPadding(tokenizer))
+    task = HFTask(tiny.tiny_bert("cls"), learning_rate=1e-2)
+    before = copy.deepcopy(task.model.state_dict())
+    result = _trainer(tmp_path, max_epochs=1, accumulate_grad_batches=1, logger=False).fit(task, loader)
+    assert result.global_step == 2 and result.metrics["train_tokens_per_second"] > 0
+    assert any(not torch.equal(before[k], v) for k, v in task.model.state_dict().items())
