@@ -314,8 +314,9 @@ class Trainer:
             self.train_dataloader = self.strategy.process_dataloader(train, seed)
             self.val_dataloader = self._eval_dataloaders(val, "fit(val_dataloaders=...)")
             self._optim = parse_optimizers(module.configure_optimizers())
-            if self.args.gradient_clip_val is None and module.default_gradient_clip_val is not None:
-                # the module's own default (HFTask: 1.0), for strategies that clip inside their step
+            if self.args.gradient_clip_val is None:
+                # the module's own default (HFTask: 1.0; None for most), for strategies that clip
+                # inside their step (DeepSpeed); set on every fit, so it never outlives its module
                 self.strategy.configure(
                     self.args.accumulate_grad_batches, module.default_gradient_clip_val, "norm"
                 )

@@ -237,3 +237,13 @@ def test_adapter_only_checkpoints_hold_the_adapters_and_still_resume_load_and_ex
 def test_adapter_only_checkpoints_need_a_peft_model_from_a_directory():
     with pytest.raises(ValueError, match=r"adapter_only_checkpoints=True\) needs a PEFT model"):
         HFTask(tiny.tiny_bert("cls"), adapter_only_checkpoints=True)
+
+
+def test_export_to_a_url_is_refused_with_the_way_out(tmp_path):
+    task = HFTask(tiny.tiny_gpt2())
+    trainer = tt.Trainer(
+        max_steps=1, logger=False, enable_progress_bar=False, default_root_dir=tmp_path, accelerator="cpu"
+    )
+    trainer.fit(task, tiny.loader(2, 2))
+    with pytest.raises(ValueError, match=r"out='memory://x'\): transformers writes local directories"):
+        save_pretrained(find_last(str(tmp_path)), "memory://x")

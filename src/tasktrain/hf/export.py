@@ -58,6 +58,11 @@ def save_pretrained(
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
     path = os.fspath(out)
+    if "://" in path:
+        raise ValueError(
+            f"save_pretrained(out={path!r}): transformers writes local directories; export to a local path "
+            "and copy the folder (e.g. with fsspec's put) to the URL"
+        )
     model.save_pretrained(path)  # type: ignore[operator]  # PEFT: the adapter only
     return path
 
