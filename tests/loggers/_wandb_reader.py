@@ -11,12 +11,28 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
 BLOCK = 32 * 1024
 HEADER = 7
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def wait_until_complete(path: Path, timeout: float = 30.0) -> None:
+    """Wait for the run's ``exit`` record: W&B's core process may still be writing when ``finish()`` returns."""
+    deadline = time.monotonic() + timeout
+    while not _has_exit(path):
+        assert time.monotonic() < deadline, f"{path}: no exit record after {timeout} s"
+        time.sleep(0.1)
+
+
+def _has_exit(path: Path) -> bool:
+    try:
+        return any(r.WhichOneof("record_type") == "exit" for r in records(path))
+    except Exception:  # a record still being written does not parse yet
+        return False
 
 
 def records(path: Path) -> list[Any]:

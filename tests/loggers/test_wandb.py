@@ -25,7 +25,10 @@ def _offline(monkeypatch):
 
 
 def _run_files(root: Path) -> list[Path]:
-    return sorted(root.glob("wandb/offline-run-*/run-*.wandb"))
+    files = sorted(root.glob("wandb/offline-run-*/run-*.wandb"))
+    for file in files:
+        reader.wait_until_complete(file)
+    return files
 
 
 def _history(files: list[Path]) -> dict[str, list[tuple[int, float]]]:
