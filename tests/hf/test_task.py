@@ -358,4 +358,3 @@ def test_batches_from_a_transformers_tokenizer_and_data_collator(tmp_path):
     result = _trainer(tmp_path, max_epochs=1, accumulate_grad_batches=1, logger=False).fit(task, loader)
     assert result.global_step == 2 and result.metrics["train_tokens_per_second"] > 0
     assert any(not torch.equal(before[k], v) for k, v in task.model.state_dict().items())
-

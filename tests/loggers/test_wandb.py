@@ -102,3 +102,17 @@ def test_bad_mode_is_refused():
     ):
         WandbLogger(mode="cloud")
     assert os.environ["WANDB_MODE"] == "offline"
+
+
+def test_under_ddp_rank_0_writes_one_run_that_a_resume_continues(tmp_path):
+    first = WandbLogger()
+    tracked.fit(tmp_path, first, max_steps=2, strategy="ddp", devices=2)
+    assert first.run_id is not None  # adopted from rank 0's state
+    second = WandbLogger()
+    tracked.fit(tmp_path, second, max_steps=4, ckpt_path="last", strategy="ddp", devices=2)
+    assert second.run_id == first.run_id
+    files = _run_files(tmp_path)
+    assert len(files) == 2 and {reader.run_id(f) for f in files} == {first.run_id}
+    history = _history(files)
+    assert tracked.steps(history)["train/loss"] == [1, 2, 3, 4]
+    assert history == tracked.csv_history(tmp_path)
