@@ -90,9 +90,14 @@ def test_per_step_losses_equal_a_plain_pytorch_loop_on_one_device(tmp_path, kind
     _assert_same_weights(task.model, reference_model)
 
 
-@pytest.mark.parametrize("kind", sorted(MODELS))
-def test_per_step_losses_equal_a_plain_pytorch_loop_under_ddp(tmp_path, kind):
-    """Two gloo ranks; rank r reads samples r, r+2, ...: step s joins both ranks' micro-batches."""
+@pytest.mark.parametrize(
+    ("kind", "strategy"),
+    [("bert", "ddp"), ("gpt2", "ddp"), ("gpt2", "fsdp")],
+    ids=["bert-ddp", "gpt2-ddp", "gpt2-fsdp"],
+)
+def test_per_step_losses_equal_a_plain_pytorch_loop_under_ddp(tmp_path, kind, strategy):
+    """Two gloo ranks; rank r reads samples r, r+2, ...: step s joins both ranks' micro-batches
+    (FSDP: the same, with parameters, gradients and optimizer state sharded)."""
     build, collate, causal = MODELS[kind]
     samples = 2 * SAMPLES
     data = tiny.sequences(samples)
@@ -104,7 +109,7 @@ def test_per_step_losses_equal_a_plain_pytorch_loop_under_ddp(tmp_path, kind):
     reference_model = build()
     expected = _reference(reference_model, steps, causal)
     task = _task(build())
-    result = _trainer(tmp_path, strategy="ddp", devices=2).fit(task, tiny.loader(samples, BATCH, collate))
+    result = _trainer(tmp_path, strategy=strategy, devices=2).fit(task, tiny.loader(samples, BATCH, collate))
     assert result.global_step == len(expected) == 6
     assert _logged_losses(tmp_path) == pytest.approx(expected, abs=1e-6)
     _assert_same_weights(task.model, reference_model)
