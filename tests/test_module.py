@@ -171,6 +171,65 @@ def test_a_refused_hyperparameter_fails_before_the_first_checkpoint(tmp_path):
     assert steps == [] and not (tmp_path / "checkpoints").exists()
 
 
+class _BertTask(tt.TaskModule):
+    """A module of one's own around a transformers model, configured by a ``BertConfig`` argument."""
+
+    def __init__(self, config: Any, lr: float = 0.1) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        from transformers import BertForSequenceClassification
+
+        self.config = config
+        self.bert = BertForSequenceClassification(config)
+
+    def compute_loss(self, batch):
+        return self.bert(**batch).loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+
+def _bert_config() -> Any:
+    transformers = pytest.importorskip("transformers")
+    return transformers.BertConfig(
+        vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+        max_position_embeddings=16, num_labels=3,
+    )  # fmt: skip
+
+
+def test_a_transformers_config_is_stored_as_its_dict_and_rebuilt_by_load_from_checkpoint(tmp_path):
+    """Before: accepted by save_hyperparameters(), then the first checkpoint crashed on it."""
+    import json
+
+    config = _bert_config()
+    m = _BertTask(config, lr=0.05)
+    stored = m.hparams.config
+    assert isinstance(stored, dict) and stored["__config_class__"] == "BertConfig"
+    assert stored["hidden_size"] == 8 and len(stored["id2label"]) == 3
+    json.dumps(dict(m.hparams), allow_nan=False)  # plain JSON
+    batch = {"input_ids": torch.randint(0, 20, (2, 5)), "labels": torch.tensor([0, 2])}
+    trainer = tt.Trainer(max_steps=2, default_root_dir=tmp_path, **{**QUIET, "enable_checkpointing": True})
+    trainer.fit(m, [batch, batch])
+    trainer.save_checkpoint(str(tmp_path / "ckpt"))
+    loaded = _BertTask.load_from_checkpoint(str(tmp_path / "ckpt"))
+    assert type(loaded.config) is type(config)  # an object again, equal to the config at construction
+    rebuilt = json.loads(loaded.config.to_json_string(use_diff=False))
+    assert rebuilt == {k: v for k, v in stored.items() if k != "__config_class__"}
+    assert loaded.hparams == m.hparams
+    for key, tensor in m.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], tensor), key
+
+
+def test_a_config_class_outside_transformers_is_refused_naming_the_argument():
+    transformers = pytest.importorskip("transformers")
+
+    class MyConfig(transformers.PretrainedConfig):
+        model_type = "mine"
+
+    with pytest.raises(TypeError, match=r"argument 'config' is a MyConfig, which is not plain JSON"):
+        _Configured(MyConfig())
+
+
 def test_hparams_missing_attribute_names_what_was_saved():
     m = Regressor()
     with pytest.raises(AttributeError) as info:

@@ -56,6 +56,10 @@ class TaskModule(nn.Module, Generic[BatchT]):
         0.1
     """
 
+    #: The gradient clipping threshold (total 2-norm) this module asks for when the Trainer sets
+    #: none (``Trainer(gradient_clip_val=None)``); e.g. ``HFTask`` clips at 1.0 like ``TrainingArguments``.
+    default_gradient_clip_val: float | None = None
+
     def __init__(self) -> None:
         super().__init__()
         self.hparams: HParams = HParams()
@@ -97,7 +101,9 @@ class TaskModule(nn.Module, Generic[BatchT]):
         Every saved value must be plain JSON (what ``json.dumps(allow_nan=False)`` accepts: None,
         bools, numbers, str, lists, tuples and dicts of them), because hparams are written to
         every checkpoint and rebuild the module in ``load_from_checkpoint``. Tuples come back as
-        lists.
+        lists. A ``transformers`` config (``PretrainedConfig``, e.g. ``BertConfig``) is stored as
+        its dict (with its class name under ``"__config_class__"``) and ``load_from_checkpoint``
+        passes the rebuilt config object back.
 
         Args:
             names: save only these arguments (default: all).
@@ -123,7 +129,7 @@ class TaskModule(nn.Module, Generic[BatchT]):
         if isinstance(ignore, str):  # ignore="config" would otherwise ignore "c", "o", ...
             ignore = [ignore]
         skipped = set(ignore)
-        saved = {k: v for k, v in init_args.items() if k in wanted and k not in skipped}
+        saved = {k: encode_hparam(v) for k, v in init_args.items() if k in wanted and k not in skipped}
         for name, value in saved.items():
             _check_plain_json(name, value)
         self.hparams.update(saved)
@@ -323,6 +329,48 @@ class TaskModule(nn.Module, Generic[BatchT]):
         loss = out[0] if isinstance(out, tuple) else out
         self.log(name, loss, prog_bar=True, sync_dist=True)  # the global mean under data parallelism
         return loss
+
+
+CONFIG_CLASS_KEY = "__config_class__"  # marks a transformers config stored as its dict
+
+
+def encode_hparam(value: Any) -> Any:
+    """A transformers ``PretrainedConfig`` as its plain dict, marked with its class; anything else as is."""
+    if not _is_hf_config(value):
+        return value
+    import transformers
+
+    name = type(value).__name__
+    if getattr(transformers, name, None) is not type(value):
+        return value  # a config class of its own: refused as not plain JSON, naming the argument
+    return {**json.loads(value.to_json_string(use_diff=False)), CONFIG_CLASS_KEY: name}
+
+
+def decode_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The constructor arguments ``hparams`` describe: marked dicts rebuilt as their transformers configs."""
+    return {name: _decode_hparam(name, value) for name, value in hparams.items()}
+
+
+def _decode_hparam(name: str, value: Any) -> Any:
+    if not (isinstance(value, Mapping) and CONFIG_CLASS_KEY in value):
+        return value
+    import transformers
+
+    cls = getattr(transformers, str(value[CONFIG_CLASS_KEY]), None)
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PretrainedConfig)):
+        raise ValueError(
+            f"hparams[{name!r}] names the config class {value[CONFIG_CLASS_KEY]!r}, which this transformers "
+            f"({transformers.__version__}) does not have"
+        )
+    return cls.from_dict({k: v for k, v in value.items() if k != CONFIG_CLASS_KEY})
+
+
+def _is_hf_config(value: Any) -> bool:
+    """Whether ``value`` is a transformers config, without importing transformers when it is not loaded."""
+    return any(
+        c.__name__ in ("PretrainedConfig", "PreTrainedConfig") and c.__module__.startswith("transformers")
+        for c in type(value).__mro__
+    )
 
 
 def _check_plain_json(name: str, value: Any) -> None:

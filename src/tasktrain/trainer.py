@@ -22,6 +22,7 @@ from tasktrain.compile import apply_compile
 from tasktrain.data import gather_predictions, sampler_generator, shard_for_prediction
 from tasktrain.log_buffer import LogBuffer
 from tasktrain.loggers import CSVLogger, Logger
+from tasktrain.loggers.base import logger_states
 from tasktrain.loops import (
     AccumulationLoop,
     Cadence,
@@ -313,6 +314,12 @@ class Trainer:
             self.train_dataloader = self.strategy.process_dataloader(train, seed)
             self.val_dataloader = self._eval_dataloaders(val, "fit(val_dataloaders=...)")
             self._optim = parse_optimizers(module.configure_optimizers())
+            if self.args.gradient_clip_val is None:
+                # the module's own default (HFTask: 1.0; None for most), for strategies that clip
+                # inside their step (DeepSpeed); set on every fit, so it never outlives its module
+                self.strategy.configure(
+                    self.args.accumulate_grad_batches, module.default_gradient_clip_val, "norm"
+                )
             self._optim.optimizer = self.strategy.setup_optimizer(self._optim.optimizer)
             if ckpt_path is not None:
                 path = resolve_ckpt_path(ckpt_path, self.default_root_dir, self.strategy)
@@ -411,6 +418,8 @@ class Trainer:
             on_save=lambda checkpoint: self._call("on_save_checkpoint", checkpoint),
             max_shard_bytes=max_shard_bytes,
         )
+        for logger in self.loggers:
+            logger.after_save_checkpoint(path)
 
     # -- internals -------------------------------------------------------------------------------
     def _states(self) -> dict[str, Stateful]:
@@ -427,6 +436,7 @@ class Trainer:
         }
         states.update({f"lr_scheduler.{i}": c.scheduler for i, c in enumerate(self.lr_scheduler_configs)})
         states.update({f"callbacks.{cb.state_key}": cb for cb in self.callbacks})
+        states.update(logger_states(self.loggers))  # trackers' run identity (MLflow, W&B)
         states["rng"] = ProcessRng(lambda: sampler_generator(self.train_dataloader))
         return states
 
@@ -665,6 +675,7 @@ def _build_loggers(args: TrainerArgs) -> list[Logger]:
         return [CSVLogger(str(args.default_root_dir))]
     if args.logger is False:
         return []
-    if isinstance(args.logger, Logger):
-        return [args.logger]
-    return list(args.logger)
+    loggers = [args.logger] if isinstance(args.logger, Logger) else list(args.logger)
+    for logger in loggers:
+        logger.set_default_root_dir(str(args.default_root_dir))
+    return loggers

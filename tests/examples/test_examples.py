@@ -113,3 +113,32 @@ def test_char_lm_through_the_cli(tmp_path: Path) -> None:
     assert metrics["train_tokens_per_second"] > 0
     printed = run_cli("fit", "--config", "examples/char_lm.yaml", "--print_config", tmp_path=tmp_path)
     assert "class_path: examples/char_lm.py:ZenLines" in printed
+
+
+def test_hf_text_classification_reloads_with_the_same_accuracy(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    out = run_example("hf_text_classification.py", "--max-epochs", "8", tmp_path=tmp_path)
+    trained = number_after("accuracy (trained):", out)
+    assert (
+        number_after("accuracy (from_pretrained):", out) == trained
+    )  # the exported weights are the trained ones
+    assert trained > 0.35  # 4 classes: chance is 0.25
+    exported = tmp_path / "runs" / "exported"
+    assert (exported / "config.json").is_file() and (exported / "model.safetensors").is_file()
+
+
+def test_hf_text_classification_takes_a_local_model_directory(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        vocab_size=1000, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
+    transformers.BertForMaskedLM(config).save_pretrained(tmp_path / "local-bert")
+    out = run_example(
+        "hf_text_classification.py",
+        "--max-epochs",
+        "1",
+        "--model",
+        str(tmp_path / "local-bert"),
+        tmp_path=tmp_path,
+    )
+    assert number_after("accuracy (from_pretrained):", out) == number_after("accuracy (trained):", out)

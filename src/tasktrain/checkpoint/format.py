@@ -220,7 +220,9 @@ def load_module(cls: type[M], path: str, overrides: Mapping[str, Any]) -> M:
     Every file of the checkpoint is verified against its manifest first.
     """
     verify(path)
-    hparams = read_state(path).get("hparams", {})
+    from tasktrain.module import decode_hparams
+
+    hparams = decode_hparams(read_state(path).get("hparams", {}))  # transformers configs as objects
     module = cls(**{**hparams, **overrides})
     load_weights_into(module, read_weights(path), path)
     return module

@@ -18,7 +18,7 @@ COMMANDS = {
     "validate": "run the validation loop once (e.g. on a checkpoint: --ckpt_path last)",
     "test": "run the test loop once",
     "predict": "run predict_step over the predict data; the outputs are saved as predictions.pt",
-    "export": "write a checkpoint's weights as one safetensors file",
+    "export": "write a checkpoint's weights as one safetensors file, or a Hugging Face directory (--format hf)",
     "plot": "draw learning curves of one or more runs to a PNG",
     "tune": "search hyperparameters with optuna (a --space file suggests the task's arguments)",
 }

@@ -63,6 +63,9 @@ def run_command(command: str, argv: list[str]) -> int:
     # Under torchrun every rank runs this command: rank 0 alone writes and prints.
     rank_zero = int(os.environ.get("RANK", "0")) == 0
     path = save_config(run) if rank_zero else ""
+    if path and "://" not in path:  # trackers (MLflow, W&B) keep the config with their run
+        for logger in run.trainer.loggers:
+            logger.log_artifact(path)
     outcome = execute(run)
     if rank_zero:
         report(run, outcome, path)

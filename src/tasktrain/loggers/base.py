@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import fsspec
@@ -10,6 +11,7 @@ from fsspec.core import url_to_fs
 from lightning_utilities.core.rank_zero import rank_zero_only
 
 from tasktrain.checkpoint.storage import write_probe
+from tasktrain.state import Stateful
 
 
 class Logger:
@@ -37,6 +39,17 @@ class Logger:
 
     def finalize(self) -> None:
         """Flush and close (called at the end of every run, also after an error)."""
+
+    def set_default_root_dir(self, root_dir: str) -> None:
+        """The Trainer's ``default_root_dir``, given when the Trainer is built; a logger that was
+        given no place of its own may keep its files there (MLFlowLogger's sqlite store)."""
+
+    def log_artifact(self, path: str) -> None:
+        """Keep the local file ``path`` with the run (the CLI's ``config.yaml``); a no-op for file loggers,
+        whose directory already holds it."""
+
+    def after_save_checkpoint(self, path: str) -> None:
+        """A checkpoint was saved at ``path`` (the last call of a run names its final checkpoint)."""
 
 
 class FileLogger(Logger):
@@ -140,6 +153,26 @@ class FileLogger(Logger):
         if self._pending:
             self.write_rows(self._pending)
             self._pending = []
+
+
+def logger_states(loggers: Sequence[Logger]) -> dict[str, Stateful]:
+    """The loggers that carry a run identity (they are Stateful), by their name in checkpoints:
+    ``loggers.<ClassName>``, with ``.1``, ``.2``... for further loggers of one class.
+
+    Example:
+        >>> logger_states([CSVLogger("memory://runs")])  # doctest: +SKIP
+        {}
+    """
+    states: dict[str, Stateful] = {}
+    for logger in loggers:
+        if isinstance(logger, Stateful):
+            base = f"loggers.{type(logger).__name__}"
+            name, n = base, 0
+            while name in states:
+                n += 1
+                name = f"{base}.{n}"
+            states[name] = logger
+    return states
 
 
 def _next_version(fs: fsspec.AbstractFileSystem, base: str) -> int:

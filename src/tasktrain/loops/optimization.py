@@ -10,7 +10,8 @@ class OptimizationStep(Loop):
     """Unscale, clip, ``on_before_optimizer_step``, step, scheduler, ``on_before_zero_grad``, zero_grad.
 
     Args:
-        gradient_clip_val: clip threshold, or None for no clipping.
+        gradient_clip_val: clip threshold, or None: the module's ``default_gradient_clip_val``
+            (None for most modules: no clipping).
         gradient_clip_algorithm: ``"norm"`` (total 2-norm) or ``"value"`` (element-wise).
 
     Example:
@@ -36,9 +37,12 @@ class OptimizationStep(Loop):
         stepped = False
         if not skip:
             # Unscaled (and clipped when asked) first, so hooks see the true gradients.
-            strategy.clip_gradients(
-                ctx.module, optimizer, self.gradient_clip_val, self.gradient_clip_algorithm
-            )
+            clip = self.gradient_clip_val
+            if clip is None:
+                clip, algorithm = ctx.module.default_gradient_clip_val, "norm"
+            else:
+                algorithm = self.gradient_clip_algorithm
+            strategy.clip_gradients(ctx.module, optimizer, clip, algorithm)
             hooks.call("on_before_optimizer_step", optimizer)
             stepped = strategy.optimizer_step(optimizer)
         if stepped:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.distributed._functional_collectives import AsyncCollectiveTensor
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
+from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
 from tasktrain.precision import Precision
@@ -113,7 +114,23 @@ class TensorParallel(DTensorCheckpointing, ParallelStrategy):
     def clip_gradients(
         self, module: nn.Module, optimizer: Optimizer, value: float | None, algorithm: str = "norm"
     ) -> Tensor | None:
-        return full_tensor(super().clip_gradients(module, optimizer, value, algorithm))
+        """Clip like the base strategy; by norm, also when only some parameters are split (DTensors)
+        and the rest replicated plain tensors, as in a transformers model with its TP plan."""
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        sharded = [g for g in grads if isinstance(g, DTensor)]
+        if value is None or algorithm != "norm" or not sharded or len(sharded) == len(grads):
+            return full_tensor(super().clip_gradients(module, optimizer, value, algorithm))
+        self.precision.unscale_gradients(optimizer)
+        plain = [g for g in grads if not isinstance(g, DTensor)]
+        sharded_norm = full_tensor(torch.nn.utils.get_total_norm(sharded))  # a collective over the TP group
+        assert sharded_norm is not None
+        total = torch.linalg.vector_norm(torch.stack([sharded_norm, torch.nn.utils.get_total_norm(plain)]))
+        coefficient = torch.clamp(value / (total + 1e-6), max=1.0)  # as clip_grad_norm_ computes it
+        for grad in plain:
+            grad.mul_(coefficient)
+        for grad in sharded:
+            grad.to_local().mul_(coefficient)  # the local shard is the DTensor's storage
+        return total
 
 
 def _wait(tensor: AsyncCollectiveTensor) -> Tensor:
