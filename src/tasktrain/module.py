@@ -56,6 +56,10 @@ class TaskModule(nn.Module, Generic[BatchT]):
         0.1
     """
 
+    #: False hands the optimizer steps to ``training_step`` (``self.optimizers()``,
+    #: ``self.manual_backward(loss)``, ``opt.step()``): see "Several optimizers and manual optimization".
+    automatic_optimization: bool = True
+
     def __init__(self) -> None:
         super().__init__()
         self.hparams: HParams = HParams()
@@ -234,7 +238,8 @@ class TaskModule(nn.Module, Generic[BatchT]):
         return None
 
     def configure_optimizers(self) -> Any:
-        """Return an optimizer, ``(optimizer, scheduler)``, or ``{"optimizer": ..., "lr_scheduler": ...}``."""
+        """Return an optimizer, ``(optimizer, scheduler)``, ``{"optimizer": ..., "lr_scheduler": ...}``,
+        or several: a list of optimizers or of such dicts (``automatic_optimization = False``)."""
         raise NotImplementedError(f"{type(self).__name__} must implement configure_optimizers() to be fitted")
 
     def configure_model(self) -> None:

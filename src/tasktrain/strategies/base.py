@@ -124,6 +124,10 @@ class Strategy:
     ) -> None:
         """Take the Trainer settings a strategy that runs its own step needs (DeepSpeed); a no-op here."""
 
+    def setup_optimizers(self, optimizers: Sequence[Optimizer]) -> list[Optimizer]:
+        """Prepare every optimizer of the fit, in order (a strategy that runs one engine refuses several)."""
+        return [self.setup_optimizer(optimizer) for optimizer in optimizers]
+
     def setup_optimizer(self, optimizer: Optimizer) -> Optimizer:
         return optimizer
 
