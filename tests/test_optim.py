@@ -58,7 +58,9 @@ def test_lightnings_two_lists_bind_schedulers_by_the_optimizer_they_were_built_o
     setup = parse_optimizers(([opt_a, opt_b], [sched_b]))
     assert [[s.scheduler for s in c.schedulers] for c in setup.configs] == [[], [sched_b]]
     other = torch.optim.SGD(a.parameters(), lr=1.0)
-    with pytest.raises(ValueError, match=r"scheduler 0 \(StepLR\) was built on an optimizer that is not among"):
+    with pytest.raises(
+        ValueError, match=r"scheduler 0 \(StepLR\) was built on an optimizer that is not among"
+    ):
         parse_optimizers(([opt_a], [torch.optim.lr_scheduler.StepLR(other, 1)]))
 
 

@@ -416,6 +416,8 @@ class Trainer:
     def _setup_optimizers(self, module: TaskModule[Any]) -> OptimizerSetup:
         """``configure_optimizers`` parsed and checked against the module's optimization mode, each
         optimizer set up by the strategy."""
+        if not module.automatic_optimization:
+            _check_manual_optimization(self.args, type(module).__name__)
         setup = parse_optimizers(module.configure_optimizers())
         setup.check_mode(module.automatic_optimization, type(module).__name__)
         prepared = self.strategy.setup_optimizers(setup.optimizers)
@@ -610,6 +612,26 @@ def _call_in_worker(
         return {"result": getattr(trainer, method)(module, dataloaders, ckpt_path)}
     finally:
         trainer.strategy.teardown()
+
+
+def _check_manual_optimization(args: TrainerArgs, module_name: str) -> None:
+    """Refuse the Trainer settings that belong to automatic optimization (the user owns the step)."""
+    refused = []
+    if args.accumulate_grad_batches > 1:
+        refused.append(
+            f"accumulate_grad_batches={args.accumulate_grad_batches} (accumulate yourself: step every n-th batch)"
+        )
+    if args.gradient_clip_val is not None:
+        refused.append(
+            f"gradient_clip_val={args.gradient_clip_val} (call self.clip_gradients(opt, gradient_clip_val=...) "
+            "before opt.step())"
+        )
+    if refused:
+        raise ValueError(
+            f"{module_name} has automatic_optimization = False, so training_step steps the optimizers; "
+            f"Trainer({', '.join(r.split(' (')[0] for r in refused)}) is for automatic optimization. Instead: "
+            + "; ".join(refused)
+        )
 
 
 def _check_scheduler_count(path: str, saved: Mapping[str, Any], count: int) -> None:

@@ -164,6 +164,15 @@ class Strategy:
     def backward(self, loss: Tensor) -> None:
         self.precision.backward(loss)
 
+    def manual_optimization(self) -> AbstractContextManager[Any]:
+        """Where a ``training_step`` under manual optimization runs: gradients synchronised in every
+        backward (the strategy's own way), unless the strategy leaves that to :meth:`sync_gradients`."""
+        return self.no_backward_sync(False)
+
+    def sync_gradients(self, optimizer: Optimizer) -> None:
+        """Manual optimization, before ``optimizer`` steps: make its gradients the data-parallel mean
+        where backward did not (DDP). A no-op where backward synchronises."""
+
     def clip_gradients(
         self, module: nn.Module, optimizer: Optimizer, value: float | None, algorithm: str = "norm"
     ) -> Tensor | None:
