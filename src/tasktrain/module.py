@@ -374,15 +374,19 @@ class TaskModule(nn.Module, Generic[BatchT]):
 
     # -- checkpoints -----------------------------------------------------------------------------
     @classmethod
-    def load_from_checkpoint(cls, path: str, **overrides: Any) -> TaskModule[Any]:
+    def load_from_checkpoint(cls, path: str, weights: str = "model", **overrides: Any) -> TaskModule[Any]:
         """Rebuild the module from a checkpoint directory: ``cls(**hparams, **overrides)`` + weights.
+
+        ``weights="ema"`` loads the averaged weights of the :class:`~tasktrain.callbacks.EMA`
+        callback (with the module's buffers) instead of the trained ones.
 
         Example:
             >>> model = Regressor.load_from_checkpoint("runs/checkpoints/step=200")  # doctest: +SKIP
+            >>> averaged = Regressor.load_from_checkpoint("runs/checkpoints/step=200", weights="ema")  # doctest: +SKIP
         """
         from tasktrain.checkpoint.format import load_module
 
-        return load_module(cls, path, overrides)
+        return load_module(cls, path, overrides, weights)
 
     def _default_eval_step(self, batch: BatchT, name: str) -> Tensor:
         out = self.compute_loss(batch)

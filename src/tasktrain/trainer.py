@@ -296,6 +296,8 @@ class Trainer:
             >>> result.metrics["train_steps_per_second"]            # doctest: +SKIP
         """
         self.strategy.check_module(module)
+        if not module.automatic_optimization:
+            _check_manual_optimization(self.args, type(module).__name__)
         if ckpt_path == "best":
             raise ValueError(
                 "Trainer.fit(ckpt_path='best'): 'best' is for validate/test/predict (the weights of the best "
@@ -416,8 +418,6 @@ class Trainer:
     def _setup_optimizers(self, module: TaskModule[Any]) -> OptimizerSetup:
         """``configure_optimizers`` parsed and checked against the module's optimization mode, each
         optimizer set up by the strategy."""
-        if not module.automatic_optimization:
-            _check_manual_optimization(self.args, type(module).__name__)
         setup = parse_optimizers(module.configure_optimizers())
         setup.check_mode(module.automatic_optimization, type(module).__name__)
         prepared = self.strategy.setup_optimizers(setup.optimizers)

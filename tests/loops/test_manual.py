@@ -172,3 +172,12 @@ def test_a_checkpoint_with_another_number_of_schedulers_is_refused_naming_both(t
             DataLoader(gan.gan_data(), batch_size=4),
             ckpt_path=str(tmp_path / "ckpt"),
         )
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "tp"])
+def test_sharded_strategies_refuse_manual_optimization_before_any_process_starts(strategy: str):
+    trainer = tt.Trainer(max_steps=1, strategy=strategy, devices=2, accelerator="cpu", **gan.QUIET)
+    with pytest.raises(
+        ValueError, match=f"automatic_optimization = False, which strategy '{strategy}' does not"
+    ):
+        trainer.fit(gan.GAN(), DataLoader(gan.gan_data(), batch_size=4))

@@ -3,6 +3,7 @@
 from tasktrain.callbacks.base import Callback
 from tasktrain.callbacks.checkpoint import ModelCheckpoint
 from tasktrain.callbacks.early_stopping import EarlyStopping
+from tasktrain.callbacks.ema import EMA
 from tasktrain.callbacks.lr_monitor import LearningRateMonitor
 from tasktrain.callbacks.preemption import EXIT_PREEMPTED, Preemption
 from tasktrain.callbacks.profiler import Profiler
@@ -10,6 +11,7 @@ from tasktrain.callbacks.progress import ProgressBar
 from tasktrain.callbacks.throughput import Throughput
 
 __all__ = [
+    "EMA",
     "EXIT_PREEMPTED",
     "Callback",
     "EarlyStopping",

@@ -61,6 +61,16 @@ class FSDP(DTensorCheckpointing, ParallelStrategy):
         self.model: FSDPModule | None = None
         self.module: nn.Module | None = None
 
+    def check_module(self, module: nn.Module) -> None:
+        from tasktrain.module import TaskModule
+
+        if isinstance(module, TaskModule) and not module.automatic_optimization:
+            raise ValueError(
+                f"{type(module).__name__} has automatic_optimization = False, which strategy {self.name!r} does not "
+                "run yet: FSDP2 gathers the parameters once for the whole training_step, so an optimizer step "
+                "inside it would not be seen by the rest of the step. Use strategy 'ddp' (or 'single')"
+            )
+
     def setup_module(self, module: nn.Module) -> nn.Module:
         self.module = module = self.precision.convert_module(module).to(self.root_device)
         self.model = apply_fsdp(

@@ -75,6 +75,12 @@ class TensorParallel(DTensorCheckpointing, ParallelStrategy):
     def check_module(self, module: nn.Module) -> None:
         from tasktrain.module import TaskModule
 
+        if isinstance(module, TaskModule) and not module.automatic_optimization:
+            raise ValueError(
+                f"{type(module).__name__} has automatic_optimization = False, which strategy 'tp' does not run yet "
+                "(its data-parallel dimension is FSDP2, which gathers the parameters once for the whole "
+                "training_step). Use strategy 'ddp' (or 'single')"
+            )
         if isinstance(module, TaskModule) and not is_overridden("parallelize", module, parent=TaskModule):
             raise ValueError(
                 f"strategy='tp' needs {type(module).__name__}.parallelize(mesh) to apply the tensor-parallel plan "
