@@ -168,3 +168,47 @@ def ddp_scenarios(root: str) -> dict[str, Any]:
     conformance = {k: v.clone() for k, v in module.state_dict().items()}
     resume = resume_run(DDP, f"{root}/resume", PER_RANK_BATCH, stop_at=7, steps=12)
     return {"conformance": conformance, "global_step": trainer.global_step, "resume": resume}
+
+
+class OneOptimizer(GAN):
+    """Manual optimization with a single optimizer over both networks (what DeepSpeed's one engine runs)."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        real, z = batch
+        opt = self.optimizers()
+        opt.zero_grad()
+        loss = d_loss_of(self.discriminator, real, self.generator(z))
+        self.manual_backward(loss)
+        opt.step()
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=LR_D, momentum=0.9)
+
+
+def one_optimizer_reference(batch_size: int, steps: int) -> dict[str, Tensor]:
+    generator, discriminator = nets()
+    opt = torch.optim.SGD([*generator.parameters(), *discriminator.parameters()], lr=LR_D, momentum=0.9)
+    for step, (real, z) in enumerate(DataLoader(gan_data(), batch_size=batch_size)):
+        if step == steps:
+            break
+        opt.zero_grad()
+        d_loss_of(discriminator, real, generator(z)).backward()
+        opt.step()
+    weights = {f"generator.{k}": v for k, v in generator.state_dict().items()}
+    weights.update({f"discriminator.{k}": v for k, v in discriminator.state_dict().items()})
+    return weights
+
+
+def deepspeed_manual(root: str, steps: int) -> dict[str, Tensor]:
+    """Run in each of two spawned ranks: one-optimizer manual optimization under DeepSpeed ZeRO-2."""
+    from tasktrain.strategies.deepspeed import DeepSpeed
+
+    torch.set_num_threads(1)
+    module = OneOptimizer()
+    strategy = DeepSpeed(stage=2, config={"torch_adam": True})
+    trainer = tt.Trainer(max_steps=steps, strategy=strategy, default_root_dir=root, **QUIET)
+    trainer.fit(module, DataLoader(gan_data(), batch_size=PER_RANK_BATCH))
+    state = strategy.get_state(module, trainer.optimizers)
+    assert state is not None
+    return {k: v.clone() for k, v in state.model.items()}

@@ -181,3 +181,80 @@ def test_sharded_strategies_refuse_manual_optimization_before_any_process_starts
         ValueError, match=f"automatic_optimization = False, which strategy '{strategy}' does not"
     ):
         trainer.fit(gan.GAN(), DataLoader(gan.gan_data(), batch_size=4))
+
+
+def test_hooks_fire_from_inside_training_step_in_the_order_the_user_calls(tmp_path):
+    calls: list[str] = []
+
+    class Recorder(tt.callbacks.Callback):
+        def __getattribute__(self, name: str) -> Any:
+            if name.startswith("on_train_batch") or name in (
+                "on_before_backward",
+                "on_after_backward",
+                "on_before_optimizer_step",
+                "on_before_zero_grad",
+                "on_train_step_end",
+            ):
+                return lambda trainer, module, *args: calls.append(f"{name}@{trainer.global_step}")
+            return super().__getattribute__(name)
+
+    tt.Trainer(max_steps=1, callbacks=[Recorder()], default_root_dir=tmp_path, **gan.QUIET).fit(
+        gan.GAN(), DataLoader(gan.gan_data(), batch_size=4)
+    )
+    d_step = [
+        "on_before_zero_grad@0",
+        "on_before_backward@0",
+        "on_after_backward@0",
+        "on_before_optimizer_step@0",
+    ]
+    assert calls == [
+        "on_train_batch_start@0",
+        *d_step,
+        *d_step,
+        "on_train_batch_end@0",
+        "on_train_step_end@1",
+    ]
+
+
+def test_the_lr_monitor_logs_each_optimizers_rate_by_position(tmp_path):
+    class Logged(tt.loggers.Logger):
+        def __init__(self) -> None:
+            self.rows: list[tuple[int, dict[str, float]]] = []
+
+        def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+            self.rows.append((step, dict(metrics)))
+
+    logger = Logged()
+    trainer = tt.Trainer(
+        max_steps=4,
+        callbacks=[tt.callbacks.LearningRateMonitor("step")],
+        logger=logger,
+        log_every_n_steps=2,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(gan.GAN(), DataLoader(gan.gan_data(), batch_size=4))
+    logged = {step: row for step, row in logger.rows if "lr/opt0" in row}
+    # The rate each optimizer's 2nd and 4th step used: StepLR(3) for the generator, StepLR(2) for the
+    # discriminator (which steps first in each training_step, so its scheduler moves first).
+    assert logged[2]["lr/opt0"] == pytest.approx(gan.LR_G) and logged[2]["lr/opt1"] == pytest.approx(gan.LR_D)
+    assert logged[4]["lr/opt0"] == pytest.approx(gan.LR_G * gan.GAMMA)
+    assert logged[4]["lr/opt1"] == pytest.approx(gan.LR_D * gan.GAMMA)
+
+
+def test_deepspeed_steps_its_engine_in_manual_optimization(tmp_path):
+    pytest.importorskip("deepspeed")
+    weights = spawn(gan.deepspeed_manual, (str(tmp_path), 10), nprocs=gan.WORLD_SIZE)
+    _assert_close(weights, gan.one_optimizer_reference(gan.PER_RANK_BATCH * gan.WORLD_SIZE, 10), atol=1e-6)
+
+
+def test_deepspeed_refuses_several_optimizers():
+    from tasktrain.strategies.deepspeed import DeepSpeed
+
+    a, b = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+    opts = [torch.optim.SGD(a.parameters(), lr=0.1), torch.optim.SGD(b.parameters(), lr=0.1)]
+    with pytest.raises(
+        ValueError, match="DeepSpeed runs one optimizer inside its engine; configure_optimizers"
+    ):
+        DeepSpeed().setup_optimizers(opts)
