@@ -150,7 +150,7 @@ def save_grid(images: Tensor, path: Path, rows: int) -> Path:
     return path
 
 
-def digits_loader(batch_size: int, seed: int) -> DataLoader[tuple[Tensor]]:
+def digits_loader(batch_size: int, seed: int) -> DataLoader[Any]:
     from sklearn.datasets import load_digits
 
     images = torch.tensor(load_digits().images, dtype=torch.float32)  # [1797, 8, 8], values 0..16
