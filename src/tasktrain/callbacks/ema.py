@@ -99,15 +99,14 @@ class EMA(Callback):
         self._swap_out()
 
     # -- the average -----------------------------------------------------------------------------
-    @torch.no_grad()
     def update(self) -> None:
         """Fold the current parameters into the average (the first call copies them)."""
-        if not self._averages:
+        if self._averages:
+            for averages, params in self._groups:  # local shards only: no collective
+                self._multi_avg_fn(averages, params, None)  # torch's update (under no_grad itself)
+        else:
             self._averages = [_clone(p) for p in self._source]
             self._groups = _grouped([_local(a) for a in self._averages], self._params)
-        else:
-            for averages, params in self._groups:  # local shards only: no collective
-                self._multi_avg_fn(averages, params, None)
         self.n_averaged += 1
 
     def _after_step(self, step: int) -> None:
