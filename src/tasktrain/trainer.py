@@ -296,7 +296,7 @@ class Trainer:
             >>> result.metrics["train_steps_per_second"]            # doctest: +SKIP
         """
         self.strategy.check_module(module)
-        if not module.automatic_optimization:
+        if isinstance(module, TaskModule) and not module.automatic_optimization:
             _check_manual_optimization(self.args, type(module).__name__)
         if ckpt_path == "best":
             raise ValueError(
