@@ -123,6 +123,10 @@ def reference(batch_size: int, steps: int = STEPS) -> dict[str, Tensor]:
     return weights
 
 
+def _local(tensor: Tensor) -> Tensor:
+    return (tensor.to_local() if hasattr(tensor, "to_local") else tensor).detach().clone()
+
+
 QUIET: dict[str, Any] = dict(logger=False, enable_progress_bar=False, enable_checkpointing=False)
 
 
@@ -147,26 +151,34 @@ def resume_run(strategy: Any, root: str, batch_size: int, stop_at: int, steps: i
     resumed, again = GAN(), trainer(steps, "b")
     again.fit(resumed, loader(), ckpt_path=f"{root}/mid")
     return {
-        "full": {k: v.clone() for k, v in full.state_dict().items()},
-        "resumed": {k: v.clone() for k, v in resumed.state_dict().items()},
+        "full": _full(full.state_dict()),
+        "resumed": _full(resumed.state_dict()),
         "lrs": [[g["lr"] for g in o.param_groups] for o in again.optimizers],
         "full_lrs": [[g["lr"] for g in o.param_groups] for o in full_trainer.optimizers],
-        "exp_avg": [s["exp_avg"].clone() for s in again.optimizers[0].state.values()],
-        "full_exp_avg": [s["exp_avg"].clone() for s in full_trainer.optimizers[0].state.values()],
+        "exp_avg": [_local(s["exp_avg"]) for s in again.optimizers[0].state.values()],
+        "full_exp_avg": [_local(s["exp_avg"]) for s in full_trainer.optimizers[0].state.values()],
         "global_step": again.global_step,
     }
 
 
-def ddp_scenarios(root: str) -> dict[str, Any]:
-    """Run in each of two spawned ranks: the GAN conformance run and the resume, under DDP."""
+def _full(state: dict[str, Any]) -> dict[str, Tensor]:
+    return {
+        k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone() for k, v in state.items()
+    }
+
+
+def distributed_scenarios(strategy_name: str, root: str) -> dict[str, Any]:
+    """Run in each of two spawned ranks: the GAN conformance run and the resume, under 'ddp' or 'fsdp'."""
     from tasktrain.strategies import DDP
+    from tasktrain.strategies.fsdp import FSDP
 
     torch.set_num_threads(1)
+    make = {"ddp": DDP, "fsdp": FSDP}[strategy_name]
     module = GAN()
-    trainer = tt.Trainer(max_steps=STEPS, strategy=DDP(), default_root_dir=f"{root}/conf", **QUIET)
+    trainer = tt.Trainer(max_steps=STEPS, strategy=make(), default_root_dir=f"{root}/conf", **QUIET)
     trainer.fit(module, DataLoader(gan_data(), batch_size=PER_RANK_BATCH))
-    conformance = {k: v.clone() for k, v in module.state_dict().items()}
-    resume = resume_run(DDP, f"{root}/resume", PER_RANK_BATCH, stop_at=7, steps=12)
+    conformance = _full(module.state_dict())
+    resume = resume_run(make, f"{root}/resume", PER_RANK_BATCH, stop_at=7, steps=12)
     return {"conformance": conformance, "global_step": trainer.global_step, "resume": resume}
 
 

@@ -24,11 +24,11 @@ def _assert_close(weights: dict[str, torch.Tensor], expected: dict[str, torch.Te
         )
 
 
-@pytest.fixture(scope="module")
-def ddp_ranks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The DDP scenarios of ``_gan``, run once in two spawned gloo ranks (rank 0's results)."""
-    root = tmp_path_factory.mktemp("manual_ddp")
-    return spawn(gan.ddp_scenarios, (str(root),), nprocs=gan.WORLD_SIZE)
+@pytest.fixture(scope="module", params=["ddp", "fsdp"])
+def ranks(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The distributed scenarios of ``_gan``, run once per strategy in two spawned gloo ranks (rank 0's results)."""
+    root = tmp_path_factory.mktemp(f"manual_{request.param}")
+    return spawn(gan.distributed_scenarios, (request.param, str(root)), nprocs=gan.WORLD_SIZE)
 
 
 def test_a_two_optimizer_gan_equals_the_hand_written_loop_after_20_steps(tmp_path):
@@ -49,9 +49,10 @@ def test_a_two_optimizer_gan_equals_the_hand_written_loop_after_20_steps(tmp_pat
     assert "train/g_loss" in trainer.callback_metrics
 
 
-def test_ddp_two_ranks_equal_the_single_process_loop_on_the_global_batch(ddp_ranks):
-    assert ddp_ranks["global_step"] == gan.STEPS
-    _assert_close(ddp_ranks["conformance"], gan.reference(gan.PER_RANK_BATCH * gan.WORLD_SIZE), atol=1e-6)
+def test_two_ranks_equal_the_single_process_loop_on_the_global_batch(ranks):
+    """DDP averages each optimizer's gradients at its step; FSDP shards each network as its own unit."""
+    assert ranks["global_step"] == gan.STEPS
+    _assert_close(ranks["conformance"], gan.reference(gan.PER_RANK_BATCH * gan.WORLD_SIZE), atol=1e-6)
 
 
 @pytest.mark.parametrize("stop_at", [7, 13])  # 10 batches per epoch: mid-epoch in epoch 0 and in epoch 1
@@ -64,12 +65,13 @@ def test_resume_mid_epoch_with_two_optimizers_and_two_schedulers_is_exact(tmp_pa
     assert all(torch.equal(a, b) for a, b in zip(run["exp_avg"], run["full_exp_avg"], strict=True))
 
 
-def test_ddp_resume_mid_epoch_with_two_optimizers_is_exact(ddp_ranks):
-    run = ddp_ranks["resume"]
+def test_distributed_resume_mid_epoch_with_two_optimizers_is_exact(ranks):
+    run = ranks["resume"]
     assert run["global_step"] == 12
     for name, value in run["full"].items():
         assert torch.equal(run["resumed"][name], value), name
     assert run["lrs"] == run["full_lrs"]
+    assert all(torch.equal(a, b) for a, b in zip(run["exp_avg"], run["full_exp_avg"], strict=True))
 
 
 def test_16_mixed_skips_the_step_with_inf_gradients_like_grad_scaler_by_hand(tmp_path):
@@ -174,13 +176,21 @@ def test_a_checkpoint_with_another_number_of_schedulers_is_refused_naming_both(t
         )
 
 
-@pytest.mark.parametrize("strategy", ["fsdp", "tp"])
-def test_sharded_strategies_refuse_manual_optimization_before_any_process_starts(strategy: str):
-    trainer = tt.Trainer(max_steps=1, strategy=strategy, devices=2, accelerator="cpu", **gan.QUIET)
-    with pytest.raises(
-        ValueError, match=f"automatic_optimization = False, which strategy '{strategy}' does not"
-    ):
+def test_tensor_parallel_refuses_manual_optimization_before_any_process_starts():
+    trainer = tt.Trainer(max_steps=1, strategy="tp", devices=2, accelerator="cpu", **gan.QUIET)
+    with pytest.raises(ValueError, match="automatic_optimization = False, which strategy 'tp' does not"):
         trainer.fit(gan.GAN(), DataLoader(gan.gan_data(), batch_size=4))
+
+
+def test_fsdp_refuses_manual_optimization_for_parameters_outside_submodules():
+    class Direct(gan.GAN):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(1))
+
+    trainer = tt.Trainer(max_steps=1, strategy="fsdp", devices=2, accelerator="cpu", **gan.QUIET)
+    with pytest.raises(ValueError, match=r"parameters of its own \(\['scale'\]\); under strategy 'fsdp'"):
+        trainer.fit(Direct(), DataLoader(gan.gan_data(), batch_size=4))
 
 
 def test_hooks_fire_from_inside_training_step_in_the_order_the_user_calls(tmp_path):
