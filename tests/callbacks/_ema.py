@@ -159,6 +159,7 @@ def distributed_scenarios(strategy_name: str, root: str) -> dict[str, Any]:
         out[f"val_loss_{with_ema}"] = trainer.callback_metrics["val/loss"]
         counts[with_ema] = [b["collectives"] for b in counter.batches]
         if with_ema:
+            trainer.save_checkpoint(f"{root}/final")  # the strategy's own layout (DCP shards under FSDP)
             out["averaged"] = ema.averaged_weights()  # gathered (FSDP) for the comparison
             out["update_collectives"] = ema.update_collectives
             out["updates"] = ema.updates
@@ -212,3 +213,14 @@ def distributed_scenarios(strategy_name: str, root: str) -> dict[str, Any]:
         }
     out["resume"] = finals
     return out
+
+
+def deepspeed_stage3(root: str) -> None:
+    """Run in each of two spawned ranks: EMA with DeepSpeed ZeRO-3 (refused)."""
+    from tasktrain.strategies.deepspeed import DeepSpeed
+
+    torch.set_num_threads(1)
+    trainer = tt.Trainer(
+        max_steps=2, strategy=DeepSpeed(stage=3), callbacks=[EMA()], default_root_dir=root, **QUIET
+    )
+    trainer.fit(Regressor(), DataLoader(data(), batch_size=PER_RANK_BATCH))

@@ -179,10 +179,8 @@ def test_bad_arguments_name_the_argument(kwargs: dict[str, Any], match: str):
 @pytest.fixture(scope="module", params=["ddp", "fsdp"])
 def ranks(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp(f"ema_{request.param}")
-    return {
-        "strategy": request.param,
-        **spawn(_ema.distributed_scenarios, (request.param, str(root)), nprocs=_ema.WORLD_SIZE),
-    }
+    outcome = spawn(_ema.distributed_scenarios, (request.param, str(root)), nprocs=_ema.WORLD_SIZE)
+    return {"strategy": request.param, "root": str(root), **outcome}
 
 
 def test_distributed_ema_equals_averaged_model_on_the_global_batch(ranks):
@@ -209,9 +207,31 @@ def test_the_ema_update_runs_no_collective_and_adds_none_to_a_step(ranks):
         assert ranks["some_local_shard_smaller"]  # each rank holds only its shards
 
 
+def test_the_averaged_weights_load_and_export_from_each_strategys_checkpoint(ranks, tmp_path):
+    """Under FSDP the checkpoint is DCP shards; the average is in its states, as full tensors."""
+    _, averaged = _ema.reference(_ema.PER_RANK_BATCH * _ema.WORLD_SIZE)
+    expected = _ema.averaged_by_name(averaged)
+    path = f"{ranks['root']}/final"
+    assert (Path(path) / "sharded").is_dir() == (ranks["strategy"] == "fsdp")
+    loaded = _ema.Regressor.load_from_checkpoint(path, weights="ema")
+    _assert_close({k: v.detach() for k, v in loaded.named_parameters()}, expected, atol=1e-7)
+    from tasktrain.cli.main import main
+
+    assert main(["export", path, str(tmp_path / "ema.safetensors"), "--weights", "ema"]) == 0
+    _assert_close(load_file(str(tmp_path / "ema.safetensors")), expected, atol=1e-7)
+
+
 def test_distributed_resume_with_ema_is_exact(ranks):
     full, resumed = ranks["resume"]["full"], ranks["resume"]["resumed"]
     assert full["n"] == resumed["n"] == _ema.STEPS // _ema.EVERY
     for key in ("averaged", "weights"):
         for name, value in full[key].items():
             assert torch.equal(resumed[key][name], value), (key, name)
+
+
+def test_deepspeed_zero3_partitions_are_refused_with_what_to_use(tmp_path):
+    pytest.importorskip("deepspeed")
+    with pytest.raises(
+        Exception, match="partitioned by DeepSpeed ZeRO-3, whose partitions EMA cannot average"
+    ):
+        spawn(_ema.deepspeed_stage3, (str(tmp_path),), nprocs=_ema.WORLD_SIZE)

@@ -134,6 +134,12 @@ class EMA(Callback):
     def _bind(self, module: nn.Module) -> None:
         """Find the module's parameters (their local shards), and place a loaded average like them."""
         named = list(module.named_parameters())
+        partitioned = [name for name, p in named if hasattr(p, "ds_id")]
+        if partitioned:  # ZeRO-3 keeps an empty placeholder in the module, the values in its partitions
+            raise ValueError(
+                f"EMA: the parameters ({partitioned[:3]}, ...) are partitioned by DeepSpeed ZeRO-3, whose "
+                "partitions EMA cannot average; use DeepSpeed stage 1 or 2, or strategy 'fsdp' (EMA is sharded there)"
+            )
         self._names = [name for name, _ in named]
         self._source = [p for _, p in named]
         self._params = [_local(p.detach()) for p in self._source]

@@ -169,7 +169,7 @@ def read_weights_of(path: str, weights: str = "model") -> dict[str, Tensor]:
     if weights == "model":
         return model
     state = read_state(path).get("states", {})
-    names = [name for name in state if name.startswith("callbacks.EMA")]
+    names = [name for name, value in state.items() if name.startswith("callbacks.") and _is_ema_state(value)]
     if len(names) != 1:
         raise CheckpointError(
             f"{path} holds no EMA weights: it was saved without the tasktrain.callbacks.EMA callback; "
@@ -185,6 +185,11 @@ def read_weights_of(path: str, weights: str = "model") -> dict[str, Tensor]:
             f"{path} was saved before the first EMA update: it holds no averaged weights yet"
         )
     return {**model, **averaged}
+
+
+def _is_ema_state(value: Any) -> bool:
+    """Whether a saved callback state is an EMA's (whatever its key: a subclass has its own)."""
+    return isinstance(value, dict) and {"decay", "every_n_steps", "n_averaged", "weights"} <= set(value)
 
 
 def read_optimizer_state(path: str) -> dict[str, Any]:
