@@ -268,3 +268,26 @@ def test_deepspeed_refuses_several_optimizers():
         ValueError, match="DeepSpeed runs one optimizer inside its engine; configure_optimizers"
     ):
         DeepSpeed().setup_optimizers(opts)
+
+
+def test_the_launching_process_holds_both_optimizers_and_the_ema_after_devices_2(tmp_path):
+    ema = tt.callbacks.EMA(decay=0.5)
+    module = gan.GAN()
+    trainer = tt.Trainer(
+        max_steps=gan.STEPS,
+        strategy="ddp",
+        devices=2,
+        accelerator="cpu",
+        callbacks=[ema],
+        default_root_dir=tmp_path,
+        **gan.QUIET,
+    )
+    result = trainer.fit(module, DataLoader(gan.gan_data(), batch_size=gan.PER_RANK_BATCH))
+    assert result.global_step == gan.STEPS
+    _assert_close(module.state_dict(), gan.reference(gan.PER_RANK_BATCH * gan.WORLD_SIZE), atol=1e-6)
+    assert trainer.fit_loop.epoch_loop.manual.optimizer_steps == [gan.STEPS, gan.STEPS]
+    assert [len(opt.state) for opt in trainer.optimizers] == [4, 4]  # Adam and SGD momentum, per parameter
+    assert trainer.optimizers[1].param_groups[0]["lr"] == pytest.approx(
+        gan.LR_D * gan.GAMMA ** (gan.STEPS // 2)
+    )
+    assert ema.n_averaged == gan.STEPS and set(ema.averaged_weights()) == set(dict(module.named_parameters()))

@@ -63,7 +63,7 @@ class EMA(Callback):
         self.n_averaged = 0
         self._multi_avg_fn: Callable[[list[Tensor], list[Tensor], Any], None] = get_ema_multi_avg_fn(
             self.decay
-        )
+        )  # a local function: rebuilt after pickling (devices=N sends the callbacks to the ranks)
         self._names: list[str] = []
         self._averages: list[Tensor] = []  # one per parameter, placed like it (DTensors under FSDP/TP)
         self._groups: list[_Group] = []
@@ -71,6 +71,15 @@ class EMA(Callback):
         self._params: list[Tensor] = []  # their local tensors (shards under FSDP/TP)
         self._pending: dict[str, Tensor] | None = None  # loaded, not yet placed like the parameters
         self._backup: list[Tensor] | None = None  # the training weights while validation uses the average
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_multi_avg_fn"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+        self.__dict__.update(state)
+        self._multi_avg_fn = get_ema_multi_avg_fn(self.decay)
 
     # -- hooks -----------------------------------------------------------------------------------
     def on_fit_start(self, trainer: Trainer, module: TaskModule[Any]) -> None:
