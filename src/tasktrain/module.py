@@ -81,7 +81,8 @@ class TaskModule(nn.Module, Generic[BatchT]):
 
     @property
     def global_step(self) -> int:
-        """Completed optimizer steps (0 when not attached to a trainer)."""
+        """Completed optimizer steps (0 when not attached to a trainer); under manual optimization
+        (``automatic_optimization = False``) completed ``training_step`` calls."""
         return self._trainer.state.global_step if self._trainer is not None else 0
 
     @property

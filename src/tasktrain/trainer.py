@@ -179,7 +179,7 @@ class Trainer:
 
     @property
     def global_step(self) -> int:
-        """Completed optimizer steps (``trainer.state.global_step``)."""
+        """Completed optimizer steps (``trainer.state.global_step``); ``training_step`` calls under manual optimization."""
         return self.state.global_step
 
     @property
