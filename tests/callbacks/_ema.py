@@ -52,6 +52,15 @@ class Regressor(tt.TaskModule):
         return torch.optim.SGD(self.parameters(), lr=LR, momentum=0.9)
 
 
+class TPRegressor(Regressor):
+    """The same network with a tensor-parallel plan: the first Linear split by columns, the last by rows."""
+
+    def parallelize(self, mesh: Any) -> None:
+        from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+        parallelize_module(self.net, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
+
+
 def reference(
     batch_size: int, steps: int = STEPS, every: int = EVERY, decay: float = DECAY
 ) -> tuple[nn.Module, AveragedModel]:
@@ -128,21 +137,22 @@ def _full(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def distributed_scenarios(strategy_name: str, root: str) -> dict[str, Any]:
-    """Run in each of two spawned ranks: EMA under ``strategy_name`` ('ddp' or 'fsdp')."""
+    """Run in each of two spawned ranks: EMA under ``strategy_name`` ('ddp', 'fsdp' or 'tp')."""
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for _syncs
     from _syncs import SyncCounter
-    from tasktrain.strategies import DDP
+    from tasktrain.strategies import DDP, TensorParallel
     from tasktrain.strategies.fsdp import FSDP
 
     torch.set_num_threads(1)
-    make = {"ddp": DDP, "fsdp": FSDP}[strategy_name]
-    out: dict[str, Any] = {}
+    make = {"ddp": DDP, "fsdp": FSDP, "tp": TensorParallel}[strategy_name]
+    task = TPRegressor if strategy_name == "tp" else Regressor
+    out: dict[str, Any] = {"dp_size": 1 if strategy_name == "tp" else WORLD_SIZE}  # TP ranks share batches
     counts = {}
     for with_ema in (True, False):
-        module = Regressor()
+        module = task()
         ema = CountingEMA(decay=DECAY, every_n_steps=EVERY)
         counter = SyncCounter()
         callbacks = [ema, counter] if with_ema else [counter]
@@ -178,7 +188,7 @@ def distributed_scenarios(strategy_name: str, root: str) -> dict[str, Any]:
     finals = {}
     for name, stop in (("full", None), ("resumed", 5)):
         ema = EMA(decay=DECAY, every_n_steps=EVERY)
-        module = Regressor()
+        module = task()
         loader = DataLoader(
             data(), batch_size=PER_RANK_BATCH, shuffle=True, generator=torch.Generator().manual_seed(2)
         )
@@ -193,7 +203,7 @@ def distributed_scenarios(strategy_name: str, root: str) -> dict[str, Any]:
         trainer.fit(module, loader)
         if stop is not None:
             trainer.save_checkpoint(f"{root}/mid")
-            ema, module = EMA(decay=DECAY, every_n_steps=EVERY), Regressor()
+            ema, module = EMA(decay=DECAY, every_n_steps=EVERY), task()
             loader = DataLoader(
                 data(), batch_size=PER_RANK_BATCH, shuffle=True, generator=torch.Generator().manual_seed(2)
             )

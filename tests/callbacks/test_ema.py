@@ -1,5 +1,5 @@
 """``EMA``: equal to ``AveragedModel(multi_avg_fn=get_ema_multi_avg_fn(d))`` updated by hand at the
-same steps, on one process, under DDP and FSDP (gathered); validation on the averaged weights;
+same steps, on one process, under DDP, FSDP and TP (gathered); validation on the averaged weights;
 saved, resumed exactly, loaded and exported; no collective in the update."""
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def test_bad_arguments_name_the_argument(kwargs: dict[str, Any], match: str):
 
 
 # -- distributed ---------------------------------------------------------------------------------
-@pytest.fixture(scope="module", params=["ddp", "fsdp"])
+@pytest.fixture(scope="module", params=["ddp", "fsdp", "tp"])
 def ranks(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp(f"ema_{request.param}")
     outcome = spawn(_ema.distributed_scenarios, (request.param, str(root)), nprocs=_ema.WORLD_SIZE)
@@ -184,7 +184,7 @@ def ranks(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 
 def test_distributed_ema_equals_averaged_model_on_the_global_batch(ranks):
-    model, averaged = _ema.reference(_ema.PER_RANK_BATCH * _ema.WORLD_SIZE)
+    model, averaged = _ema.reference(_ema.PER_RANK_BATCH * ranks["dp_size"])
     _assert_close(ranks["averaged"], _ema.averaged_by_name(averaged), atol=1e-7)
     # Validation (every 4 steps) ran on the averaged weights and put the training weights back.
     _assert_close(ranks["weights"], {f"net.{k}": v for k, v in model.state_dict().items()}, atol=1e-6)
@@ -202,17 +202,17 @@ def test_the_ema_update_runs_no_collective_and_adds_none_to_a_step(ranks):
     assert ranks["updates"] == _ema.STEPS // _ema.EVERY
     assert ranks["update_collectives"] == 0
     assert ranks["collectives_with_ema"] == ranks["collectives_without_ema"], ranks["events"]
-    if ranks["strategy"] == "fsdp":  # the average is sharded like the parameters
+    if ranks["strategy"] in ("fsdp", "tp"):  # the average is sharded like the parameters
         assert ranks["placed_like_params"] and all(ranks["placed_like_params"])  # DTensors, same placements
         assert ranks["some_local_shard_smaller"]  # each rank holds only its shards
 
 
 def test_the_averaged_weights_load_and_export_from_each_strategys_checkpoint(ranks, tmp_path):
-    """Under FSDP the checkpoint is DCP shards; the average is in its states, as full tensors."""
-    _, averaged = _ema.reference(_ema.PER_RANK_BATCH * _ema.WORLD_SIZE)
+    """Under FSDP and TP the checkpoint is DCP shards; the average is in its states, as full tensors."""
+    _, averaged = _ema.reference(_ema.PER_RANK_BATCH * ranks["dp_size"])
     expected = _ema.averaged_by_name(averaged)
     path = f"{ranks['root']}/final"
-    assert (Path(path) / "sharded").is_dir() == (ranks["strategy"] == "fsdp")
+    assert (Path(path) / "sharded").is_dir() == (ranks["strategy"] in ("fsdp", "tp"))
     loaded = _ema.Regressor.load_from_checkpoint(path, weights="ema")
     _assert_close({k: v.detach() for k, v in loaded.named_parameters()}, expected, atol=1e-7)
     from tasktrain.cli.main import main
