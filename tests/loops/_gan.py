@@ -100,6 +100,16 @@ class GAN(tt.TaskModule):
         ]
 
 
+class TPGAN(GAN):
+    """The GAN with a tensor-parallel plan: each network's first Linear split by columns, its last by rows."""
+
+    def parallelize(self, mesh: Any) -> None:
+        from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+        for net in (self.generator, self.discriminator):
+            parallelize_module(net, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
+
+
 def reference(batch_size: int, steps: int = STEPS) -> dict[str, Tensor]:
     """The same GAN written by hand on one process: the state dict after ``steps`` batches."""
     generator, discriminator = nets()
@@ -130,7 +140,9 @@ def _local(tensor: Tensor) -> Tensor:
 QUIET: dict[str, Any] = dict(logger=False, enable_progress_bar=False, enable_checkpointing=False)
 
 
-def resume_run(strategy: Any, root: str, batch_size: int, stop_at: int, steps: int) -> dict[str, Any]:
+def resume_run(
+    strategy: Any, root: str, batch_size: int, stop_at: int, steps: int, task: type[GAN] = GAN
+) -> dict[str, Any]:
     """Uninterrupted vs stopped at ``stop_at`` (mid-epoch), saved, and resumed: both final states."""
 
     def loader() -> DataLoader[Any]:
@@ -143,12 +155,12 @@ def resume_run(strategy: Any, root: str, batch_size: int, stop_at: int, steps: i
             max_steps=max_steps, strategy=strategy(), seed=1, default_root_dir=f"{root}/{name}", **QUIET
         )
 
-    full, full_trainer = GAN(), trainer(steps, "full")
+    full, full_trainer = task(), trainer(steps, "full")
     full_trainer.fit(full, loader())
-    first, first_trainer = GAN(), trainer(stop_at, "a")
+    first, first_trainer = task(), trainer(stop_at, "a")
     first_trainer.fit(first, loader())
     first_trainer.save_checkpoint(f"{root}/mid")
-    resumed, again = GAN(), trainer(steps, "b")
+    resumed, again = task(), trainer(steps, "b")
     again.fit(resumed, loader(), ckpt_path=f"{root}/mid")
     return {
         "full": _full(full.state_dict()),
@@ -168,18 +180,26 @@ def _full(state: dict[str, Any]) -> dict[str, Tensor]:
 
 
 def distributed_scenarios(strategy_name: str, root: str) -> dict[str, Any]:
-    """Run in each of two spawned ranks: the GAN conformance run and the resume, under 'ddp' or 'fsdp'."""
-    from tasktrain.strategies import DDP
+    """Run in each of two spawned ranks: the GAN conformance run and the resume, under 'ddp', 'fsdp'
+    or 'tp' (pure tensor parallelism: both ranks read the same batches)."""
+    from tasktrain.strategies import DDP, TensorParallel
     from tasktrain.strategies.fsdp import FSDP
 
     torch.set_num_threads(1)
-    make = {"ddp": DDP, "fsdp": FSDP}[strategy_name]
-    module = GAN()
+    make = {"ddp": DDP, "fsdp": FSDP, "tp": TensorParallel}[strategy_name]
+    task = TPGAN if strategy_name == "tp" else GAN
+    module = task()
     trainer = tt.Trainer(max_steps=STEPS, strategy=make(), default_root_dir=f"{root}/conf", **QUIET)
     trainer.fit(module, DataLoader(gan_data(), batch_size=PER_RANK_BATCH))
     conformance = _full(module.state_dict())
-    resume = resume_run(make, f"{root}/resume", PER_RANK_BATCH, stop_at=7, steps=12)
-    return {"conformance": conformance, "global_step": trainer.global_step, "resume": resume}
+    resume = resume_run(make, f"{root}/resume", PER_RANK_BATCH, stop_at=7, steps=12, task=task)
+    dp_size = 1 if strategy_name == "tp" else WORLD_SIZE
+    return {
+        "conformance": conformance,
+        "global_step": trainer.global_step,
+        "resume": resume,
+        "dp_size": dp_size,
+    }
 
 
 class OneOptimizer(GAN):

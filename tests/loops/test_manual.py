@@ -24,7 +24,7 @@ def _assert_close(weights: dict[str, torch.Tensor], expected: dict[str, torch.Te
         )
 
 
-@pytest.fixture(scope="module", params=["ddp", "fsdp"])
+@pytest.fixture(scope="module", params=["ddp", "fsdp", "tp"])
 def ranks(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The distributed scenarios of ``_gan``, run once per strategy in two spawned gloo ranks (rank 0's results)."""
     root = tmp_path_factory.mktemp(f"manual_{request.param}")
@@ -50,9 +50,10 @@ def test_a_two_optimizer_gan_equals_the_hand_written_loop_after_20_steps(tmp_pat
 
 
 def test_two_ranks_equal_the_single_process_loop_on_the_global_batch(ranks):
-    """DDP averages each optimizer's gradients at its step; FSDP shards each network as its own unit."""
+    """DDP averages each optimizer's gradients at its step; FSDP shards each network as its own unit;
+    TP splits each network's layers (both ranks read the same batches: the global batch is one rank's)."""
     assert ranks["global_step"] == gan.STEPS
-    _assert_close(ranks["conformance"], gan.reference(gan.PER_RANK_BATCH * gan.WORLD_SIZE), atol=1e-6)
+    _assert_close(ranks["conformance"], gan.reference(gan.PER_RANK_BATCH * ranks["dp_size"]), atol=1e-6)
 
 
 @pytest.mark.parametrize("stop_at", [7, 13])  # 10 batches per epoch: mid-epoch in epoch 0 and in epoch 1
@@ -174,12 +175,6 @@ def test_a_checkpoint_with_another_number_of_schedulers_is_refused_naming_both(t
             DataLoader(gan.gan_data(), batch_size=4),
             ckpt_path=str(tmp_path / "ckpt"),
         )
-
-
-def test_tensor_parallel_refuses_manual_optimization_before_any_process_starts():
-    trainer = tt.Trainer(max_steps=1, strategy="tp", devices=2, accelerator="cpu", **gan.QUIET)
-    with pytest.raises(ValueError, match="automatic_optimization = False, which strategy 'tp' does not"):
-        trainer.fit(gan.GAN(), DataLoader(gan.gan_data(), batch_size=4))
 
 
 def test_fsdp_refuses_manual_optimization_for_parameters_outside_submodules():

@@ -19,7 +19,7 @@ from torch.optim import Optimizer
 
 from tasktrain.precision import Precision
 from tasktrain.strategies.dtensor import DTensorCheckpointing, checked_layout, full_tensor, gradient_sync
-from tasktrain.strategies.fsdp import apply_fsdp
+from tasktrain.strategies.fsdp import _is_manual, apply_fsdp, apply_fsdp_per_child
 from tasktrain.strategies.parallel import DEFAULT_TIMEOUT, ParallelStrategy
 
 
@@ -75,11 +75,12 @@ class TensorParallel(DTensorCheckpointing, ParallelStrategy):
     def check_module(self, module: nn.Module) -> None:
         from tasktrain.module import TaskModule
 
-        if isinstance(module, TaskModule) and not module.automatic_optimization:
+        if _is_manual(module) and any(True for _ in module.parameters(recurse=False)):
+            names = [name for name, _ in module.named_parameters(recurse=False)]
             raise ValueError(
-                f"{type(module).__name__} has automatic_optimization = False, which strategy 'tp' does not run yet "
-                "(its data-parallel dimension is FSDP2, which gathers the parameters once for the whole "
-                "training_step). Use strategy 'ddp' (or 'single')"
+                f"{type(module).__name__} has automatic_optimization = False and parameters of its own "
+                f"({names[:5]}); under strategy 'tp' each submodule is sharded as its own FSDP unit over the "
+                "data-parallel ranks in manual optimization, so put those parameters into a submodule"
             )
         if isinstance(module, TaskModule) and not is_overridden("parallelize", module, parent=TaskModule):
             raise ValueError(
@@ -97,7 +98,9 @@ class TensorParallel(DTensorCheckpointing, ParallelStrategy):
         self.check_module(module)
         self.module = module = self.precision.convert_module(module).to(self.root_device)
         module.parallelize(self.mesh["tp"])  # type: ignore[operator]
-        if self.data_parallel_size > 1:
+        if self.data_parallel_size > 1 and _is_manual(module):  # no root unit around the step: see FSDP
+            apply_fsdp_per_child(module, (), MixedPrecisionPolicy(), mesh=self.mesh["dp"])
+        elif self.data_parallel_size > 1:
             self.model = apply_fsdp(module, (), MixedPrecisionPolicy(), mesh=self.mesh["dp"])
         return module
 
