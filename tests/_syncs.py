@@ -97,13 +97,15 @@ def _caller() -> tuple[str, bool]:
 class _ReadMode(TorchDispatchMode):
     """Counts the ops that read a device value back to the host, and functional collectives."""
 
-    def __init__(self, record: Callable[[str, str], None]) -> None:
+    def __init__(self, record: Callable[[str, str], None], cpu_reads: bool = True) -> None:
         super().__init__()
         self.record = record
+        self.cpu_reads = cpu_reads
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         if func is torch.ops.aten._local_scalar_dense.default:
-            self.record("host_reads", "item")
+            if self.cpu_reads or args[0].device.type != "cpu":
+                self.record("host_reads", "item")
         elif func.namespace == "_c10d_functional" and not func.name().startswith("_c10d_functional::wait"):
             self.record("collectives", func.name())
         return func(*args, **(kwargs or {}))
@@ -115,9 +117,13 @@ class SyncCounter(tt.callbacks.Callback):
     ``batches`` holds one dict per micro-batch: ``step`` (global step when it started),
     ``batch_idx``, ``host_reads``, ``collectives``, ``events`` (what was counted, and where),
     and the flags ``logged``, ``validated``, ``saved``, ``epoch_end``.
+
+    ``cpu_reads=False`` counts only reads of accelerator tensors, the ones that stall a GPU
+    (e.g. not the CPU step counters of a non-capturable AdamW): for ``benchmarks/gpu_check.py``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, cpu_reads: bool = True) -> None:
+        self.cpu_reads = cpu_reads
         self.batches: list[dict[str, Any]] = []
         self._window: dict[str, Any] | None = None
         self._undo: list[Callable[[], None]] = []
@@ -156,7 +162,7 @@ class SyncCounter(tt.callbacks.Callback):
                     self._patch(owner, name, self._counting(original, "collectives", name))
         for name in UNDISPATCHED_READS:
             self._patch(torch.Tensor, name, self._counting(getattr(torch.Tensor, name), "host_reads", name))
-        self._mode = _ReadMode(self._record)
+        self._mode = _ReadMode(self._record, self.cpu_reads)
         self._mode.__enter__()
 
     def _uninstall(self) -> None:
@@ -176,7 +182,11 @@ class SyncCounter(tt.callbacks.Callback):
 
     def _counting(self, original: Callable[..., Any], kind: str, name: str) -> Callable[..., Any]:
         def counted(*args: Any, **kwargs: Any) -> Any:
-            self._record(kind, name)
+            on_cpu = (
+                kind == "host_reads" and isinstance(args[0], torch.Tensor) and args[0].device.type == "cpu"
+            )
+            if self.cpu_reads or not on_cpu:
+                self._record(kind, name)
             return original(*args, **kwargs)
 
         return counted

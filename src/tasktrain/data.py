@@ -21,6 +21,8 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
+from tasktrain.streams import ShardedStream
+
 if TYPE_CHECKING:
     from tasktrain.strategies.base import Strategy
 
@@ -83,6 +85,30 @@ def calling_after(items: Iterator[Any], count: int, callback: Callable[[], None]
     yield from items
 
 
+def position_keeper(loader: Any) -> Any | None:
+    """What keeps ``loader``'s position in its ``state_dict()``, or None (then resuming skips batches).
+
+    A loader with ``state_dict()``/``load_state_dict()`` (torchdata's ``StatefulDataLoader``) keeps
+    its own. A plain ``DataLoader`` without worker processes over an ``IterableDataset`` that has
+    them: the dataset, which in that case has yielded exactly the batches trained on.
+    """
+    if _restores_itself(loader):
+        return loader
+    dataset = getattr(loader, "dataset", None)
+    if (
+        isinstance(loader, DataLoader)
+        and loader.num_workers == 0
+        and isinstance(dataset, IterableDataset)
+        and _restores_itself(dataset)
+    ):
+        return dataset
+    return None
+
+
+def _restores_itself(obj: Any) -> bool:
+    return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
+
+
 def skip_batches(
     dataloader: Iterable[Any], skip: int, at_position: Callable[[], None] | None = None
 ) -> Iterable[Any]:
@@ -106,7 +132,8 @@ def skip_batches(
     warnings.warn(
         f"resuming mid-epoch: {type(dataloader).__name__} cannot skip batches by index, so the first {skip} "
         "batches of this epoch are read and dropped; the resume is exact only if the data comes in the same "
-        "order (give the loader state_dict()/load_state_dict(), or use a map-style dataset)",
+        "order (use torchdata's StatefulDataLoader, give an IterableDataset state_dict()/load_state_dict() "
+        "and read it with num_workers=0 or a StatefulDataLoader, or use a map-style dataset)",
         stacklevel=2,
     )
     return itertools.islice(calling_after(iter(dataloader), skip, at_position), skip, None)
@@ -119,8 +146,13 @@ def with_distributed_sampler(
 
     The loader's ``batch_size`` stays per rank; shuffling is kept if the loader shuffled.
     Loaders that already use a ``DistributedSampler``, iterable datasets and custom loader
-    classes are returned unchanged (they shard themselves).
+    classes are returned unchanged (they shard themselves); a :class:`~tasktrain.streams.ShardedStream`
+    is told this rank and the number of ranks.
     """
+    dataset = getattr(dataloader, "dataset", None)
+    if isinstance(dataset, ShardedStream):
+        dataset.assign(rank, num_replicas)
+        return dataloader
     if (
         type(dataloader) is not DataLoader
         or isinstance(dataloader.dataset, IterableDataset)

@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from tasktrain.strategies.base import Strategy
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training loss was NaN or infinite under ``on_nonfinite_loss="raise"``."""
 
 
 class ItemCounter:
@@ -95,6 +102,82 @@ class LossTracker:
         self._pending = []
 
 
+class NonFiniteWatch:
+    """The training losses since the last check, so a non-finite one is found without a read per step.
+
+    The accumulation loop notes every micro-batch's loss (a device tensor, no sync); the check,
+    made where a sync happens anyway (a logging step, a save, the end of an epoch), reads all of
+    them at once and names the first non-finite one. Under several ranks the check is agreed, so
+    every rank stops at the same step.
+
+    Example:
+        >>> watch = NonFiniteWatch()
+        >>> watch.note(torch.tensor(1.0), "M.compute_loss", step=0, micro_batch=0, of=1, batch_idx=0)
+        >>> watch.note(torch.tensor(float("nan")), "M.compute_loss", step=1, micro_batch=0, of=1, batch_idx=1)
+        >>> watch.first_bad()
+        'non-finite loss nan returned by M.compute_loss at step 1 (micro-batch 1 of 1, batch_idx 1)'
+        >>> from tasktrain.strategies import SingleDevice
+        >>> watch.raise_if_any(SingleDevice("cpu"), now=2)
+        Traceback (most recent call last):
+        ...
+        tasktrain.totals.NonFiniteLossError: non-finite loss nan returned by M.compute_loss at step 1 ...
+    """
+
+    def __init__(self) -> None:
+        self._losses: list[Tensor] = []
+        self._where: list[tuple[str, int, int, int, int]] = []
+
+    def note(self, loss: Tensor, source: str, step: int, micro_batch: int, of: int, batch_idx: int) -> None:
+        """Remember a micro-batch's loss (``micro_batch`` counts from 0) and where it came from."""
+        self._losses.append(loss.detach())
+        self._where.append((source, step, micro_batch, of, batch_idx))
+
+    def first_bad(self) -> str | None:
+        """Describe the first non-finite loss noted since the last check (None: all finite)."""
+        if not self._losses:
+            return None
+        losses = torch.stack(self._losses)
+        bad = (~torch.isfinite(losses)).nonzero()
+        if not len(bad):
+            return None
+        index = int(bad[0, 0])
+        source, step, micro_batch, of, batch_idx = self._where[index]
+        return (
+            f"non-finite loss {float(losses[index])} returned by {source} at step {step} "
+            f"(micro-batch {micro_batch + 1} of {of}, batch_idx {batch_idx})"
+        )
+
+    def raise_if_any(self, strategy: Strategy, now: int, with_sum: Tensor | None = None) -> Tensor | None:
+        """Raise :class:`NonFiniteLossError` on every rank if any rank noted a non-finite loss; forget them.
+
+        ``now`` is the current step, named in the message: training continued to it. ``with_sum``
+        (a 1-d float tensor) rides along in the same collective: it is summed over the ranks and
+        returned, so a logging step that reduces a value anyway pays for no second collective.
+        Nothing noted and nothing to sum: no read, no collective.
+        """
+        if not self._losses and with_sum is None:
+            return None
+        device = strategy.root_device
+        flag = torch.zeros(1, device=device)
+        if self._losses:
+            flag = (~torch.isfinite(torch.stack(self._losses))).any().to(device, torch.float32).reshape(1)
+        values = flag if with_sum is None else torch.cat([flag, with_sum.to(device, torch.float32)])
+        if strategy.world_size > 1:
+            values = strategy.reduce(values, "sum")
+        values = values.cpu()  # host sync: once per check, where a sync happens anyway
+        if values[0] > 0:
+            local = self.first_bad()
+            what = local if local is not None else "non-finite loss on another rank"
+            rank = f" on rank {strategy.global_rank}" if strategy.world_size > 1 and local is not None else ""
+            raise NonFiniteLossError(
+                f"{what}{rank}; found at step {now} (losses are checked on logging steps, saves and epoch "
+                "ends, so the steps in between were taken); pass Trainer(on_nonfinite_loss='skip') to skip "
+                "such steps"
+            )
+        self._losses, self._where = [], []
+        return None if with_sum is None else values[1:]
+
+
 class TrainTotals:
     """Samples and loss items trained on, and the training loss, over the whole run (resumes included).
 
@@ -109,6 +192,7 @@ class TrainTotals:
         self.samples = ItemCounter()
         self.items = ItemCounter()
         self.losses = LossTracker()
+        self.nonfinite = NonFiniteWatch()  # not saved: checked before every save
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -398,6 +398,7 @@ class Trainer:
             >>> trainer.save_checkpoint("runs/checkpoints/manual")  # doctest: +SKIP
         """
         module = self._require_module("save_checkpoint")
+        self.totals.nonfinite.raise_if_any(self.strategy, self.state.global_step)  # never save NaN weights
         metadata = {
             "global_step": self.state.global_step,
             "epoch": self.state.epoch,

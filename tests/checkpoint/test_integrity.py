@@ -14,11 +14,13 @@ import sys
 import textwrap
 import time
 import warnings
+import zlib
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+import xxhash
 from torch.utils.data import DataLoader, TensorDataset
 
 import tasktrain as tt
@@ -26,7 +28,7 @@ from tasktrain.callbacks import Callback, ModelCheckpoint
 from tasktrain.checkpoint import CheckpointError, find_last, is_complete
 from tasktrain.checkpoint.format import write_checkpoint
 from tasktrain.checkpoint.sharded import save_sharded
-from tasktrain.checkpoint.storage import CheckpointWriter, checkpoints, resolve, verify
+from tasktrain.checkpoint.storage import CheckpointWriter, checkpoints, describe, resolve, verify
 
 
 class Net(tt.TaskModule):
@@ -122,8 +124,31 @@ def test_every_file_has_a_checksum_that_verifies(saved):
             "trainer_state.json",
         }
     )
-    assert all(value.startswith("crc32:") and len(value) == 14 for value in manifest["checksums"].values())
+    assert all(value.startswith("xxh3_64:") and len(value) == 24 for value in manifest["checksums"].values())
     verify(str(saved))
+
+    for name, value in manifest["checksums"].items():
+        assert value == f"xxh3_64:{xxhash.xxh3_64_hexdigest((saved / name).read_bytes())}", name
+
+
+def test_a_crc32_manifest_of_an_earlier_release_still_verifies_and_catches_flips(ckpt):
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    manifest["checksums"] = {
+        name: f"crc32:{zlib.crc32((ckpt / name).read_bytes()):08x}" for name in manifest["files"]
+    }
+    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+    verify(str(ckpt))
+    _flip(ckpt / "model.safetensors", _tensor_data_middle(ckpt / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"model.safetensors is corrupt: its crc32 is"):
+        verify(str(ckpt))
+
+
+def test_an_unknown_checksum_algorithm_is_refused_naming_it(ckpt):
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    manifest["checksums"]["optimizer.pt"] = "blake3:00"
+    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=r"optimizer.pt: manifest.json records a 'blake3' checksum"):
+        verify(str(ckpt))
 
 
 FLIPS = {
@@ -205,6 +230,31 @@ def _sharded_checkpoint(path: Path, module: Net) -> None:
         save_sharded(f"{writer.directory}/sharded", {"model": module.state_dict()})
         writer.record("sharded")
         write_checkpoint(writer, None, [], {"global_step": 2, "hparams": {"hidden": 8}, "states": {}}, {}, {})
+
+
+def test_recorded_shards_take_the_checksums_their_writer_described(tmp_path):
+    """Rank 0 records what each rank described (no re-read); a file described with another size, or
+    not at all, is hashed on the spot."""
+    with CheckpointWriter(str(tmp_path / "step=00000001"), step=1) as writer:
+        folder = Path(writer.directory) / "shards"
+        folder.mkdir(parents=True)
+        for name, data in {
+            "__0_0.distcp": b"rank zero",
+            "__1_0.distcp": b"rank one",
+            ".metadata": b"m",
+        }.items():
+            (folder / name).write_bytes(data)
+        described = describe(str(folder), ["__0_0.distcp", "__1_0.distcp"])
+        assert described["__0_0.distcp"] == (9, f"xxh3_64:{xxhash.xxh3_64_hexdigest(b'rank zero')}")
+        described["__0_0.distcp"] = (9, "xxh3_64:trusted")  # as sent by the rank that wrote it
+        described["__1_0.distcp"] = (1, "xxh3_64:stale")  # its size changed since: hashed again
+        writer.record("shards", described)
+    checksums = json.loads((tmp_path / "step=00000001" / "manifest.json").read_text())["checksums"]
+    assert checksums == {
+        "shards/__0_0.distcp": "xxh3_64:trusted",
+        "shards/__1_0.distcp": f"xxh3_64:{xxhash.xxh3_64_hexdigest(b'rank one')}",
+        "shards/.metadata": f"xxh3_64:{xxhash.xxh3_64_hexdigest(b'm')}",
+    }
 
 
 @pytest.mark.parametrize("shard", ["__0_0.distcp", ".metadata"])

@@ -12,13 +12,13 @@ import functools
 import json
 import os
 import shutil
-import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
+import xxhash
 from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
 
 import tasktrain as tt
@@ -326,7 +326,7 @@ def _refresh_manifest(ckpt: Path) -> None:
     manifest = json.loads((ckpt / "manifest.json").read_text())
     manifest["files"] = {name: (ckpt / name).stat().st_size for name in manifest["files"]}
     manifest["checksums"] = {
-        name: f"crc32:{zlib.crc32((ckpt / name).read_bytes()):08x}" for name in manifest["files"]
+        name: f"xxh3_64:{xxhash.xxh3_64_hexdigest((ckpt / name).read_bytes())}" for name in manifest["files"]
     }
     (ckpt / "manifest.json").write_text(json.dumps(manifest))
 

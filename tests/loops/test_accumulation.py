@@ -270,7 +270,6 @@ def test_nonfinite_loss_raises_naming_step_micro_batch_and_hook(
 ) -> None:
     loader = _data_with_nan_batch(num_batches=9, bad_batch=7)  # step 2 = batches 6, 7, 8
     model = cls()
-    reference = copy.deepcopy(model)
     trainer = tt.Trainer(max_epochs=1, accumulate_grad_batches=3, on_nonfinite_loss="raise", **quiet)
 
     with pytest.raises(NonFiniteLossError) as error:
@@ -281,13 +280,10 @@ def test_nonfinite_loss_raises_naming_step_micro_batch_and_hook(
     assert "micro-batch 2 of 3" in message
     assert "batch_idx 7" in message
     assert f"{cls.__name__}.{hook}" in message
-    # The two complete steps before the failure were taken, and nothing after.
-    batches = list(loader)
-    opt = torch.optim.SGD(reference.parameters(), lr=LR)
-    for start in (0, 3):
-        _reference_step(reference, opt, batches[start : start + 3], [1 / 3] * 3)
-    assert trainer.state.global_step == 2
-    assert _close(model, reference, atol=1e-6)
+    # Losses stay on the device until a step that syncs anyway: here the epoch's end (no logging
+    # step came before it), which the message names too.
+    assert "found at step 3" in message
+    assert trainer.state.global_step == 3
 
 
 @pytest.mark.parametrize("bad_batch", [3, 5])  # first and last micro-batch of step 1

@@ -35,11 +35,12 @@ from tasktrain.checkpoint.sharded import (
     SHARDED,
     is_sharded,
     load_sharded,
+    own_shards,
     save_sharded,
     sharded_optimizer_count,
     sharded_shapes,
 )
-from tasktrain.checkpoint.storage import checkpoints, resolve, verify
+from tasktrain.checkpoint.storage import checkpoints, describe, resolve, verify
 from tasktrain.state import Stateful
 from tasktrain.strategies.base import ModelState, Strategy
 
@@ -153,9 +154,18 @@ def save(
         if model.sharded:  # every rank writes its shards into rank 0's (temporary) directory
             directory = strategy.broadcast(writer.directory if writer else None)
             save_sharded(f"{directory}/{SHARDED}", _dcp_state(model))
+            # Each rank hashes the shards it wrote (still in its page cache); rank 0 only records.
+            own = describe(
+                f"{directory}/{SHARDED}", own_shards(f"{directory}/{SHARDED}", strategy.global_rank)
+            )
+            described = {
+                name: info
+                for rank_files in strategy.all_gather_object(own)
+                for name, info in rank_files.items()
+            }
         if writer is not None:
             if model.sharded:
-                writer.record(SHARDED)
+                writer.record(SHARDED, described)
             state_tensors, state_metadata = _rank_states(per_rank)
             write_checkpoint(
                 writer,

@@ -80,6 +80,19 @@ def save_sharded(directory: str, state: dict[str, Any]) -> None:
         dcp.save(state, storage_writer=FsspecWriter(directory), no_dist=not dist.is_initialized())
 
 
+def own_shards(directory: str, rank: int) -> list[str]:
+    """Names of the files in the DCP checkpoint ``directory`` that ``rank`` wrote.
+
+    DCP names each rank's data files ``__<rank>_<n>.distcp``; the coordinator (rank 0) also
+    writes ``.metadata``.
+    """
+    fs, root = url_to_fs(directory)
+    names = [str(path).rstrip("/").rsplit("/", 1)[-1] for path in fs.ls(root, detail=False)]
+    return sorted(
+        name for name in names if name.startswith(f"__{rank}_") or (rank == 0 and name == ".metadata")
+    )
+
+
 def load_sharded(directory: str, state: dict[str, Any], *, local: bool = False) -> None:
     """Fill ``state`` in place from the DCP checkpoint in ``directory``, resharding as needed.
 

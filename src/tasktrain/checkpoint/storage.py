@@ -2,10 +2,10 @@
 
 A checkpoint directory is *complete* when its ``manifest.json`` exists and every file it lists
 exists with the listed size (:func:`is_complete`, :func:`problems`: cheap, no file is read). It
-*verifies* when, besides, every file has the CRC-32 the manifest records (:func:`verify`: reads
+*verifies* when, besides, every file has the checksum the manifest records (:func:`verify`: reads
 each file once). The manifest is written last, and each file's checksum is computed as its bytes
-stream out, so saving reads nothing back (except the DCP shards of other ranks, hashed when
-they are recorded).
+stream out, so saving reads nothing back (DCP shards are hashed by the rank that wrote them,
+just after, from the page cache, and the sums are sent to rank 0: :func:`describe`).
 
 On a local filesystem the directory is written under a temporary name (``<final>.tmp-<8 hex>``)
 and renamed into place. An existing checkpoint at the same path is first renamed aside
@@ -24,10 +24,11 @@ import re
 import uuid
 import warnings
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import IO, Any, cast
+from typing import IO, Any, Protocol, cast
 
+import xxhash
 from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
@@ -35,10 +36,11 @@ from fsspec.implementations.local import LocalFileSystem
 from tasktrain.checkpoint.errors import CheckpointError
 
 MANIFEST = "manifest.json"
-# CRC-32 (zlib): 3.8 GB/s on one core of the reference machine, against 1.8 for sha1 and 0.8 for
-# blake2b, and in the standard library. It catches bit rot and partial copies; it is no defence
-# against someone who rewrites the manifest too (nothing in the directory could be).
-CHECKSUM = "crc32"
+# XXH3-64: 28 GB/s on one core of the reference machine, against 4.2 for zlib's CRC-32, 1.8 for
+# sha1 and 0.8 for blake2b; saving and verifying a 381 MiB checkpoint then costs ~15 ms. It
+# catches bit rot and partial copies; it is no defence against someone who rewrites the manifest
+# too (nothing in the directory could be). CRC-32 is still read: earlier releases wrote it.
+CHECKSUM = "xxh3_64"
 _STEP_PATTERN = re.compile(r"step=(\d+)")
 _TMP = re.compile(r"(?P<final>.+)\.tmp-[0-9a-f]{8}")
 _OLD = re.compile(r"(?P<final>.+)\.old-[0-9a-f]{8}")
@@ -46,6 +48,27 @@ _PROBE = re.compile(r"\.tasktrain-probe-[0-9a-f]{8}")
 _READ_CHUNK = 16 * 1024**2
 _VERIFIED: dict[str, tuple[Any, ...]] = {}  # checkpoint URL -> what its files looked like when they verified
 _VERIFIED_MAX = 16
+
+
+class _Hash(Protocol):
+    def update(self, data: Any, /) -> None: ...
+    def hexdigest(self) -> str: ...
+
+
+class _Crc32:
+    """zlib's CRC-32 behind the hashlib interface (the checksum of format 2 before XXH3)."""
+
+    def __init__(self) -> None:
+        self.crc = 0
+
+    def update(self, data: Any) -> None:
+        self.crc = zlib.crc32(data, self.crc)
+
+    def hexdigest(self) -> str:
+        return f"{self.crc:08x}"
+
+
+_HASHES: dict[str, Callable[[], _Hash]] = {"xxh3_64": xxhash.xxh3_64, "crc32": _Crc32}
 
 
 class CheckpointWriter:
@@ -88,19 +111,26 @@ class CheckpointWriter:
         """Where the files go until commit (a URL when the filesystem is not local)."""
         return self._dir if self._atomic_rename else str(self.fs.unstrip_protocol(self._dir))
 
-    def record(self, folder: str) -> None:
+    def record(self, folder: str, described: Mapping[str, tuple[int, str]] | None = None) -> None:
         """Add every file under ``folder`` (written by others, e.g. other ranks) to the manifest.
 
-        Their bytes did not pass through this writer, so they are read once here to be hashed
-        (in parallel threads; for a sharded checkpoint that is every rank's shards, on rank 0).
+        ``described`` maps file names (relative to ``folder``) to the size and checksum their
+        writer found (:func:`describe`); a file it leaves out, or whose size has changed since,
+        is read and hashed here.
         """
         base = f"{self._dir}/{folder}"
         found = self.fs.find(base, detail=True)
-        files = sorted(found)
-        for file, checksum in zip(files, _checksum_files(self.fs, files), strict=True):
-            name = f"{folder}/{file[len(base) + 1 :]}"
-            self._sizes[name] = int(found[file]["size"])
-            self._checksums[name] = checksum
+        sizes = {file[len(base) + 1 :]: int(info["size"]) for file, info in found.items()}
+        known = {
+            name: checksum for name, (size, checksum) in (described or {}).items() if sizes.get(name) == size
+        }
+        unknown = sorted(set(sizes) - set(known))
+        known.update(
+            zip(unknown, _checksum_files(self.fs, [f"{base}/{name}" for name in unknown]), strict=True)
+        )
+        for name in sorted(sizes):
+            self._sizes[f"{folder}/{name}"] = sizes[name]
+            self._checksums[f"{folder}/{name}"] = known[name]
 
     def write_bytes(self, name: str, data: bytes) -> None:
         self.write_with(name, lambda f: f.write(data))
@@ -114,7 +144,7 @@ class CheckpointWriter:
             writer(cast(IO[bytes], hashing))
         self._sizes[name] = int(self.fs.size(file))
         # A writer that seeks back may overwrite what was hashed: then hash the file as it is.
-        self._checksums[name] = _checksum_file(self.fs, file) if hashing.seeked else _format(hashing.crc)
+        self._checksums[name] = _checksum_file(self.fs, file) if hashing.seeked else hashing.checksum()
 
     def commit(self) -> None:
         manifest = {"files": self._sizes, "checksums": self._checksums, "step": self.step}
@@ -134,18 +164,19 @@ class CheckpointWriter:
 
 
 class _HashingFile:
-    """A binary file object that keeps the CRC-32 of everything written through it."""
+    """A binary file object that keeps the checksum of everything written through it."""
 
     def __init__(self, file: IO[bytes]) -> None:
         self._file = file
-        self.crc = 0
+        self._hash = _HASHES[CHECKSUM]()
         self.seeked = False
 
     def write(self, data: Any) -> int:
-        # Hashed in this thread: hashing in a second one while the bytes are copied to the page
-        # cache measured slower here (both are bound by memory bandwidth).
-        self.crc = zlib.crc32(data, self.crc)
+        self._hash.update(data)
         return self._file.write(data)
+
+    def checksum(self) -> str:
+        return f"{CHECKSUM}:{self._hash.hexdigest()}"
 
     def seek(self, *args: Any) -> int:
         self.seeked = True
@@ -201,16 +232,16 @@ def verify(path: str) -> None:
     fingerprint = _fingerprint(fs, root, manifest)
     if fingerprint is not None and _VERIFIED.get(key) == fingerprint:
         return
-    for name in names:
-        algorithm = str(checksums[name]).partition(":")[0]
-        if algorithm != CHECKSUM:
+    algorithms = {name: str(checksums[name]).partition(":")[0] for name in names}
+    for name, algorithm in algorithms.items():
+        if algorithm not in _HASHES:
             raise CheckpointError(
-                f"{path}/{name}: {MANIFEST} records a {algorithm!r} checksum; this tasktrain checks {CHECKSUM!r} "
-                "(a checkpoint of a newer tasktrain?)"
+                f"{path}/{name}: {MANIFEST} records a {algorithm!r} checksum; this tasktrain checks "
+                f"{sorted(_HASHES)} (a checkpoint of a newer tasktrain?)"
             )
-    actual = _checksum_files(fs, [f"{root}/{name}" for name in names])
+    actual = _checksum_files(fs, [f"{root}/{name}" for name in names], [algorithms[name] for name in names])
     corrupt = [
-        f"{path}/{name} is corrupt: its {CHECKSUM} is {found.partition(':')[2]}, "
+        f"{path}/{name} is corrupt: its {algorithms[name]} is {found.partition(':')[2]}, "
         f"{MANIFEST} records {str(checksums[name]).partition(':')[2]}"
         for name, found in zip(names, actual, strict=True)
         if found != checksums[name]
@@ -225,6 +256,23 @@ def verify(path: str) -> None:
         if len(_VERIFIED) >= _VERIFIED_MAX:
             _VERIFIED.pop(next(iter(_VERIFIED)))
         _VERIFIED[key] = fingerprint
+
+
+def describe(directory: str, names: list[str]) -> dict[str, tuple[int, str]]:
+    """Size and checksum of the files ``names`` in ``directory``, for :meth:`CheckpointWriter.record`.
+
+    Each rank of a sharded save describes the shards it wrote, so no rank reads another's.
+
+    Example:
+        >>> import fsspec
+        >>> fsspec.filesystem("memory").pipe("/describe/a.bin", b"123")
+        >>> describe("memory://describe", ["a.bin"])["a.bin"][0]
+        3
+    """
+    fs, root = url_to_fs(directory)
+    files = [f"{root.rstrip('/')}/{name}" for name in names]
+    sizes = [int(fs.size(file)) for file in files]
+    return dict(zip(names, zip(sizes, _checksum_files(fs, files), strict=True), strict=True))
 
 
 def checkpoints(directory: str) -> list[str]:
@@ -373,33 +421,32 @@ def _hex8() -> str:
     return uuid.uuid4().hex[:8]
 
 
-def _format(crc: int) -> str:
-    return f"{CHECKSUM}:{crc:08x}"
-
-
-def _checksum_file(fs: AbstractFileSystem, file: str) -> str:
-    crc = 0
+def _checksum_file(fs: AbstractFileSystem, file: str, algorithm: str = CHECKSUM) -> str:
+    hashed = _HASHES[algorithm]()
     if isinstance(fs, LocalFileSystem):
         with open(file, "rb") as f:
             if os.fstat(f.fileno()).st_size:  # mmap refuses empty files
                 with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
                     if hasattr(view, "madvise"):
                         view.madvise(mmap.MADV_SEQUENTIAL)  # read ahead, as a plain read would
-                    crc = zlib.crc32(view)  # no copy; zlib releases the GIL while it hashes
+                    hashed.update(view)  # no copy; the hash releases the GIL while it reads
     else:
         with fs.open(file, "rb") as f:
             while chunk := f.read(_READ_CHUNK):
-                crc = zlib.crc32(chunk, crc)
-    return _format(crc)
+                hashed.update(chunk)
+    return f"{algorithm}:{hashed.hexdigest()}"
 
 
-def _checksum_files(fs: AbstractFileSystem, files: list[str]) -> list[str]:
+def _checksum_files(
+    fs: AbstractFileSystem, files: list[str], algorithms: list[str] | None = None
+) -> list[str]:
     """The checksums of ``files``, several at a time (hashing and reading release the GIL)."""
+    jobs = list(zip(files, algorithms or [CHECKSUM] * len(files), strict=True))
     workers = min(len(files), os.cpu_count() or 1, 8)
     if workers <= 1:
-        return [_checksum_file(fs, file) for file in files]
+        return [_checksum_file(fs, file, algorithm) for file, algorithm in jobs]
     with ThreadPoolExecutor(workers, thread_name_prefix="tasktrain-checksum") as pool:
-        return list(pool.map(lambda file: _checksum_file(fs, file), files))
+        return list(pool.map(lambda job: _checksum_file(fs, *job), jobs))
 
 
 def _fingerprint(fs: AbstractFileSystem, root: str, manifest: dict[str, Any]) -> tuple[Any, ...] | None:

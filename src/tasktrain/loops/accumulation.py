@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,6 +13,7 @@ from tasktrain.log_buffer import batch_size_of
 from tasktrain.loops.base import Loop, LoopContext
 from tasktrain.module import TaskModule
 from tasktrain.state import Progress
+from tasktrain.totals import NonFiniteLossError as NonFiniteLossError  # re-exported by tasktrain.loops
 
 NONFINITE_POLICIES = ("raise", "skip")
 _NO_ITEMS: Any = object()  # the weight of a micro-batch that holds no loss items: it is skipped
@@ -28,10 +28,6 @@ def _as_int(count: Any) -> int | None:
     return None
 
 
-class NonFiniteLossError(FloatingPointError):
-    """A training loss was NaN or infinite under ``on_nonfinite_loss="raise"``."""
-
-
 class AccumulationLoop(Loop):
     """Run one accumulation group (``accumulate_grad_batches`` micro-batches, fewer at epoch end).
 
@@ -41,7 +37,9 @@ class AccumulationLoop(Loop):
     all but the last micro-batch.
 
     Args:
-        on_nonfinite_loss: ``"raise"`` (stop, naming the step) or ``"skip"`` (drop the step).
+        on_nonfinite_loss: ``"raise"`` (stop, naming the first bad step; losses stay on the device
+            and are checked on logging steps, saves and epoch ends) or ``"skip"`` (drop the step;
+            one host read per optimizer step).
 
     Example:
         >>> loop = AccumulationLoop(on_nonfinite_loss="skip")
@@ -57,6 +55,7 @@ class AccumulationLoop(Loop):
         self.on_nonfinite_loss = on_nonfinite_loss
         self.progress = Progress()  # one item per micro-batch; ``current`` is this group
         self._counts_items_cache: tuple[TaskModule[Any], bool] | None = None
+        self._source_cache: tuple[TaskModule[Any], str] | None = None
 
     def run(self, ctx: LoopContext, group: Sequence[tuple[int, Any]]) -> Tensor | None:
         """Forward and backward every ``(batch_idx, batch)`` of ``group``.
@@ -70,7 +69,7 @@ class AccumulationLoop(Loop):
         weights = self._loss_weights(ctx, group)
         last = len(group) - 1
         parts: list[Tensor] = []
-        nonfinite = False
+        losses: list[Tensor] = []
         for i, (batch_idx, batch) in enumerate(group):
             self.progress.start()
             ctx.totals.samples.add(batch_size_of(batch))
@@ -84,9 +83,12 @@ class AccumulationLoop(Loop):
             with strategy.no_backward_sync(i < last):
                 outputs = strategy.forward_step(module.training_step, batch, batch_idx)
                 loss = self._loss_of(outputs, ctx, i, len(group), batch_idx)
-                if not math.isfinite(loss.item()):  # host sync: one per micro-batch
-                    nonfinite = True
-                    self._on_nonfinite(loss, ctx, i, len(group), batch_idx)
+                if self.on_nonfinite_loss == "skip":
+                    losses.append(loss.detach())
+                else:  # no sync: checked where one happens anyway (logging, saving, epoch end)
+                    ctx.totals.nonfinite.note(
+                        loss, self._source(ctx.module), ctx.state.global_step, i, len(group), batch_idx
+                    )
                 weighted = loss if weights is None else loss * weights[i]
                 hooks.call("on_before_backward", weighted)
                 strategy.backward(weighted)
@@ -94,8 +96,10 @@ class AccumulationLoop(Loop):
             hooks.call("on_train_batch_end", outputs, batch, batch_idx)
             parts.append(weighted.detach())
             self.progress.finish()
-        if self.on_nonfinite_loss == "skip" and strategy.any_rank(nonfinite):  # all ranks skip together
-            return None
+        if losses and strategy.any_rank(
+            ~torch.isfinite(torch.stack(losses)).all()
+        ):  # all ranks skip together
+            return None  # host sync ("skip" only): one per optimizer step
         if not parts:  # every micro-batch had zero items: no update
             return None
         return parts[0] if len(parts) == 1 else torch.stack(parts).sum()
@@ -146,13 +150,12 @@ class AccumulationLoop(Loop):
             f"'loss'; got {got} at step {ctx.state.global_step} (micro-batch {i + 1} of {n}, batch_idx {batch_idx})"
         )
 
-    def _on_nonfinite(self, loss: Tensor, ctx: LoopContext, i: int, n: int, batch_idx: int) -> None:
-        if self.on_nonfinite_loss == "raise":
-            raise NonFiniteLossError(
-                f"non-finite loss {loss.item()} returned by {_loss_hook(ctx.module)} at step "
-                f"{ctx.state.global_step} (micro-batch {i + 1} of {n}, batch_idx {batch_idx}); "
-                "pass Trainer(on_nonfinite_loss='skip') to skip such steps"
-            )
+    def _source(self, module: TaskModule[Any]) -> str:
+        """``Class.hook`` that returned the loss, for messages (worked out once per module)."""
+        cached = self._source_cache
+        if cached is None or cached[0] is not module:
+            cached = self._source_cache = (module, _loss_hook(module))
+        return cached[1]
 
 
 def _loss_hook(module: TaskModule[Any]) -> str:

@@ -105,11 +105,19 @@ class Cadence(Loop):
 
 
 def write_step_logs(ctx: LoopContext) -> None:
-    """Write the step values logged since the last write, with ``train/loss`` (the mean since then)."""
+    """Write the step values logged since the last write, with ``train/loss`` (the mean since then).
+
+    First, the losses since the last write are checked: a non-finite one raises here.
+    """
     extra: dict[str, float] = {}
     mean = ctx.totals.losses.interval_mean()
-    if mean is not None and not ctx.logs.has_step_value("train/loss"):
-        extra["train/loss"] = global_mean(ctx.strategy, mean)
+    wanted = mean is not None and not ctx.logs.has_step_value("train/loss")
+    # One collective for both: whether any rank saw a non-finite loss, and the mean loss.
+    world_size = ctx.strategy.world_size
+    carried = torch.tensor([mean], dtype=torch.float32) if wanted and world_size > 1 else None
+    summed = ctx.totals.nonfinite.raise_if_any(ctx.strategy, ctx.state.global_step, carried)
+    if mean is not None and wanted:
+        extra["train/loss"] = mean if summed is None else float(summed[0] / world_size)
     ctx.logs.flush_step(ctx.state.global_step, extra)
 
 

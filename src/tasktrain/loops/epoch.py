@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from tasktrain.data import calling_after, sampler_generator, skip_batches
+from tasktrain.data import calling_after, position_keeper, sampler_generator, skip_batches
 from tasktrain.loops.accumulation import AccumulationLoop
 from tasktrain.loops.base import Loop, LoopContext
 from tasktrain.loops.cadence import Cadence
@@ -192,7 +192,8 @@ class EpochLoop(Loop):
         At an epoch boundary the next epoch starts afresh: nothing to keep.
         """
         inside = not self.exhausted and self.batch_progress.current.completed > 0
-        return self._loader.state_dict() if inside and _restores_itself(self._loader) else None
+        keeper = position_keeper(self._loader) if inside else None
+        return keeper.state_dict() if keeper is not None else None
 
     # -- where the epoch's batches come from -----------------------------------------------------
     def _started(self, loader: Iterable[Any]) -> Iterable[Any]:
@@ -215,17 +216,12 @@ class EpochLoop(Loop):
             now.restore(generator)
 
         position, self._loader_position = self._loader_position, None
-        if position is not None and _restores_itself(loader):  # e.g. torchdata's StatefulDataLoader
-            loader.load_state_dict(position)  # type: ignore[attr-defined]
+        keeper = position_keeper(loader)
+        if position is not None and keeper is not None:  # e.g. torchdata's StatefulDataLoader
+            keeper.load_state_dict(position)
             yield from calling_after(iter(loader), 0, continue_from_checkpoint)  # iter() drew its seeds
         else:
             yield from skip_batches(loader, skip, at_position=continue_from_checkpoint)
-
-
-def _restores_itself(loader: Any) -> bool:
-    return callable(getattr(loader, "state_dict", None)) and callable(
-        getattr(loader, "load_state_dict", None)
-    )
 
 
 def _grouped(batches: Iterator[tuple[int, Any]], size: int, ctx: LoopContext) -> Iterator[Group]:

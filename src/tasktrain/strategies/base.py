@@ -202,9 +202,9 @@ class Strategy:
         """
         return tensor
 
-    def any_rank(self, flag: bool) -> bool:
-        """Whether ``flag`` is set on any rank (a collective when there are several)."""
-        return flag
+    def any_rank(self, flag: bool | Tensor) -> bool:
+        """Whether ``flag`` (a bool, or a 0-d tensor: read once) is set on any rank (a collective when there are several)."""
+        return bool(flag)
 
     def all_gather_object(self, obj: Any) -> list[Any]:
         """Collect a picklable object from every rank (rank order)."""

@@ -114,7 +114,11 @@ def apply_fsdp_per_child(
 ) -> list[FSDPModule]:
     """Shard each submodule of a ``shard_modules`` class, then each direct child that holds
     parameters, as its own unit (manual optimization: no root unit around the step)."""
-    options: dict[str, Any] = {"mp_policy": policy, "reshard_after_forward": reshard_after_forward, "mesh": mesh}
+    options: dict[str, Any] = {
+        "mp_policy": policy,
+        "reshard_after_forward": reshard_after_forward,
+        "mesh": mesh,
+    }
     for submodule in module.modules():
         if shard_modules and isinstance(submodule, shard_modules) and submodule is not module:
             fully_shard(submodule, **options)

@@ -122,5 +122,6 @@ class ParallelStrategy(Strategy):
     def barrier(self) -> None:
         dist.barrier()
 
-    def any_rank(self, flag: bool) -> bool:
-        return bool(self.reduce(torch.tensor(float(flag), device=self.root_device), "max").item())
+    def any_rank(self, flag: bool | Tensor) -> bool:
+        local = torch.as_tensor(flag, device=self.root_device).to(torch.float32).reshape(())
+        return bool(self.reduce(local, "max").item())
