@@ -54,9 +54,10 @@ class EpochLoop(Loop):
 
     Each group is one optimizer step: :class:`AccumulationLoop` runs its micro-batches,
     :class:`OptimizationStep` steps, then the :class:`~tasktrain.loops.cadence.Cadence` writes
-    logs and validates when due. For a module with ``automatic_optimization = False``,
+    logs and validates when due. The last group of an epoch may be shorter (the remainder). For
+    a module with ``automatic_optimization = False``,
     :class:`~tasktrain.loops.manual.ManualOptimization` replaces those two: one batch, one
-    ``training_step`` that steps the optimizers itself. The last group of an epoch may be shorter (the remainder).
+    ``training_step`` that steps the optimizers itself.
 
     Its state is where the epoch stands: the micro-batches read (``batch_progress.current``),
     whether the data ran out, and the RNG state when the epoch began. From a state saved inside
