@@ -63,7 +63,9 @@ class GAN(tt.TaskModule):
 
     automatic_optimization = False
 
-    def __init__(self, schedulers: bool = True, blowup_step: int | None = None) -> None:
+    def __init__(
+        self, schedulers: bool = True, blowup_step: int | None = None, blowup_rank: int | None = None
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.generator, self.discriminator = nets()
@@ -74,7 +76,8 @@ class GAN(tt.TaskModule):
         opt_g, opt_d = self.optimizers()
         fake = self.generator(z)
         d_loss = d_loss_of(self.discriminator, real, fake.detach())
-        if self.hparams.blowup_step == self.global_step:
+        rank_blows_up = self.hparams.blowup_rank in (None, self.trainer.strategy.global_rank)
+        if self.hparams.blowup_step == self.global_step and rank_blows_up:
             d_loss = d_loss * float("inf")  # inf gradients: the 16-mixed step must be skipped
         opt_d.zero_grad()
         self.manual_backward(d_loss)
@@ -194,11 +197,35 @@ def distributed_scenarios(strategy_name: str, root: str) -> dict[str, Any]:
     conformance = _full(module.state_dict())
     resume = resume_run(make, f"{root}/resume", PER_RANK_BATCH, stop_at=7, steps=12, task=task)
     dp_size = 1 if strategy_name == "tp" else WORLD_SIZE
-    return {
+    outcome = {
         "conformance": conformance,
         "global_step": trainer.global_step,
         "resume": resume,
         "dp_size": dp_size,
+    }
+    if strategy_name == "ddp":
+        outcome["one_rank_inf"] = _one_rank_inf(make, f"{root}/inf")
+    return outcome
+
+
+def _one_rank_inf(make: Any, root: str) -> dict[str, Any]:
+    """16-mixed under DDP with inf gradients on rank 0 only at step 3: every rank must skip that step."""
+    import torch.distributed as dist
+
+    module = GAN(schedulers=False, blowup_step=3, blowup_rank=0)
+    trainer = tt.Trainer(max_steps=6, strategy=make(), precision="16-mixed", default_root_dir=root, **QUIET)
+    trainer.fit(module, DataLoader(gan_data(), batch_size=PER_RANK_BATCH))
+    scaler = trainer.strategy.precision.scaler  # type: ignore[attr-defined]
+    mine = (module.d_stepped, [p.detach().clone() for p in module.parameters()], scaler.get_scale())
+    every: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    return {
+        "d_stepped": [rank[0] for rank in every],
+        "replicas_equal": all(
+            torch.equal(a, b) for other in every[1:] for a, b in zip(every[0][1], other[1], strict=True)
+        ),
+        "scales": [rank[2] for rank in every],
+        "skipped_steps": trainer.fit_loop.epoch_loop.manual.skipped_steps,
     }
 
 

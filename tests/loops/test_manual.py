@@ -118,6 +118,16 @@ def test_16_mixed_skips_the_step_with_inf_gradients_like_grad_scaler_by_hand(tmp
     _assert_close(module.state_dict(), expected, atol=0)
 
 
+def test_16_mixed_under_ddp_skips_on_every_rank_when_one_rank_has_inf_gradients(ranks):
+    if "one_rank_inf" not in ranks:
+        pytest.skip("a DDP scenario")
+    outcome = ranks["one_rank_inf"]
+    # The gradients are averaged before the scaler looks at them, so rank 1 sees rank 0's inf too.
+    assert outcome["d_stepped"] == [[True, True, True, False, True, True]] * gan.WORLD_SIZE
+    assert outcome["skipped_steps"] == [0, 1]
+    assert outcome["replicas_equal"] and len(set(outcome["scales"])) == 1
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
