@@ -62,10 +62,15 @@ from workloads import (
     VOCAB,
     BenchTask,
     LossFn,
+    ManualGANTask,
     TinyLM,
+    g_loss_of,
+    gan_losses,
+    gan_optimizers,
     lm_data,
     lm_loss,
     machine,
+    make_gan,
     make_mlp,
     median_ci95,
     mlp_data,
@@ -96,6 +101,7 @@ class Case:
     budget_s: float  # stop adding rounds after this long (at least min_rounds are kept)
     target: float
     defaults_on: bool  # progress bar + CSVLogger (checkpointing stays off, see docs)
+    manual: bool = False  # two optimizers stepped in training_step (automatic_optimization = False)
 
 
 CASES = (
@@ -138,6 +144,20 @@ CASES = (
         target=1.25,
         defaults_on=True,
     ),
+    Case(
+        key="d",
+        title="manual optimization, two AdamW (GAN-shaped: G 32-64-32, D 32-64-1, two backwards), batch 32, bar/logger/ckpt off",
+        make_net=make_gan,
+        loss_fn=mlp_loss,  # unused: the GAN step has its own losses
+        make_data=mlp_data,
+        batch_size=32,
+        steps_per_block=100,
+        rounds=150,
+        budget_s=50.0,
+        target=1.10,
+        defaults_on=False,
+        manual=True,
+    ),
 )
 
 # ------------------------------------------------------------------------------------------------
@@ -168,11 +188,46 @@ def raw_block(
     return time.perf_counter() - start, time.thread_time() - cpu
 
 
+def raw_gan_block(
+    net: nn.Module, optimizers: list[torch.optim.Optimizer], loader: Iterable[Any]
+) -> tuple[float, float]:
+    """One epoch of the hand-written two-optimizer loop (the GAN step of ``ManualGANTask``)."""
+    start, cpu = time.perf_counter(), time.thread_time()
+    opt_g, opt_d = optimizers
+    net.train()
+    step = 0
+    loss: Tensor | None = None
+    logged = 0
+    for batch in loader:
+        d_loss, fake = gan_losses(net, batch[0])
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        loss = g_loss_of(net, fake)
+        opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_g.step()
+        step += 1
+        if step % LOG_EVERY_N_STEPS == 0:
+            loss.item()
+            logged = step
+    if loss is not None and logged != step:
+        loss.item()
+    return time.perf_counter() - start, time.thread_time() - cpu
+
+
 def tasktrain_block(
-    task: BenchTask, loader: Iterable[Any], steps: int, defaults_on: bool, root: str, devnull: Any
+    task: tt.TaskModule,
+    loader: Iterable[Any],
+    steps: int,
+    defaults_on: bool,
+    root: str,
+    devnull: Any,
+    callbacks: list[Any] | None = None,
 ) -> tuple[float, float, float]:
     """One ``fit`` of ``steps`` steps; returns (wall-clock, thread CPU, ``train_runtime``) seconds."""
     trainer = tt.Trainer(
+        callbacks=callbacks,
         max_steps=steps,
         accelerator="cpu",
         log_every_n_steps=LOG_EVERY_N_STEPS,
@@ -236,14 +291,22 @@ def run_case(case: Case, rounds: int, steps: int, budget_s: float, warmup: int, 
         case.make_data(steps * case.batch_size, gen), batch_size=case.batch_size, shuffle=True
     )
     assert len(loader) == steps  # one block is exactly one epoch on both sides
-    task = BenchTask(copy.deepcopy(net), case.loss_fn)
+    task: tt.TaskModule = (
+        ManualGANTask(copy.deepcopy(net)) if case.manual else BenchTask(copy.deepcopy(net), case.loss_fn)
+    )
     raw_net = copy.deepcopy(net)
     raw_opt = torch.optim.AdamW(raw_net.parameters(), lr=LR)
+    raw_opts = gan_optimizers(raw_net) if case.manual else []
+
+    def raw() -> tuple[float, float]:
+        if case.manual:
+            return raw_gan_block(raw_net, raw_opts, loader)
+        return raw_block(raw_net, raw_opt, loader, case.loss_fn)
 
     started = time.perf_counter()
     with open(os.devnull, "w") as devnull:
         kept = _abba(
-            lambda: raw_block(raw_net, raw_opt, loader, case.loss_fn),
+            raw,
             lambda: tasktrain_block(task, loader, steps, case.defaults_on, root, devnull),
             rounds,
             warmup,
@@ -339,6 +402,74 @@ def framework_floor(steps: int, rounds: int, root: str) -> dict[str, Any]:
         "overhead_us_per_step_min": (tasktrain[0] - raw[0]) / steps * 1e6,
         "overhead_us_per_step_q1": (tasktrain[quartile] - raw[quartile]) / steps * 1e6,
     }
+
+
+def ema_cost(steps: int, root: str) -> dict[str, Any]:
+    """What the EMA callback adds to an optimizer step, next to one ``torch._foreach_lerp_`` over the parameters.
+
+    Measured in place, inside ``fit`` (the tiny MLP of case a and the transformer LM of case b,
+    ``EMA(decay=0.999)``): every EMA hook call of a step is timed, and right after the update a
+    bare ``torch._foreach_lerp_(averages, params, 0.001)`` on separate copies is timed the same
+    way, so both see the same caches. A whole-``fit`` A/B comparison would drown a few
+    microseconds in this machine's block-to-block noise (tens of microseconds per step).
+    """
+    from tasktrain.callbacks import EMA
+
+    class TimedEMA(EMA):
+        def __init__(self) -> None:
+            super().__init__(decay=0.999, validate_with_ema=False)
+            self.hook_s: dict[int, float] = {}
+            self.lerp_s: list[float] = []
+            self._copies: list[Tensor] = []
+
+        def on_before_zero_grad(self, trainer: Any, module: Any, optimizer: Any) -> None:
+            if not self._copies:
+                self._copies = [p.detach().clone() for p in module.parameters()]
+                self._params_now = [p.detach() for p in module.parameters()]
+            step = trainer.state.global_step
+            # The bare lerp before the EMA on even steps, after it on odd ones: whichever runs
+            # second finds the parameters in cache, so neither side gets that advantage always.
+            if step % 2 == 0:
+                self._bare_lerp()
+            start = time.perf_counter()
+            super().on_before_zero_grad(trainer, module, optimizer)
+            self.hook_s[step] = self.hook_s.get(step, 0.0) + time.perf_counter() - start
+            if step % 2 == 1:
+                self._bare_lerp()
+
+        def _bare_lerp(self) -> None:
+            start = time.perf_counter()
+            torch._foreach_lerp_(self._copies, self._params_now, 0.001)
+            self.lerp_s.append(time.perf_counter() - start)
+
+        def on_train_batch_end(
+            self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int
+        ) -> None:
+            start = time.perf_counter()
+            super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
+            step = trainer.state.global_step
+            self.hook_s[step] = self.hook_s.get(step, 0.0) + time.perf_counter() - start
+
+    out: dict[str, Any] = {}
+    for key, make_net, loss_fn, make_data, batch_size, n in (
+        ("mlp", make_mlp, mlp_loss, mlp_data, 32, steps),
+        ("lm", TinyLM, lm_loss, lm_data, 16, max(4, steps // 10)),
+    ):
+        gen = torch.Generator().manual_seed(0)
+        torch.manual_seed(0)
+        loader = DataLoader(make_data(n * batch_size, gen), batch_size=batch_size, shuffle=True)
+        ema = TimedEMA()
+        with open(os.devnull, "w") as devnull:
+            tasktrain_block(BenchTask(make_net(), loss_fn), loader, n, False, root, devnull, callbacks=[ema])
+        per_step = [t for step, t in sorted(ema.hook_s.items()) if step > 0]  # the first update copies
+        out[key] = {
+            "parameters": sum(p.numel() for p in ema._source),
+            "steps": n,
+            "ema_us_per_step": spread([t * 1e6 for t in per_step]),
+            "foreach_lerp_us": spread([t * 1e6 for t in ema.lerp_s[1:]]),
+            "updates": ema.n_averaged,
+        }
+    return out
 
 
 def checkpoint_cost(root: str, repeats: int) -> dict[str, float]:
@@ -504,6 +635,16 @@ def print_report(results: dict[str, Any]) -> None:
         print("  costliest imports made by tasktrain modules (cumulative):")
         for h in imp["costliest_imports"]:
             print(f"    {h['cumulative_ms']:7.1f} ms  {h['module']} imports {h['imports']}")
+    ema = results.get("ema")
+    if ema:
+        print("\nEMA(decay=0.999), timed in place inside fit (median over steps, IQR):")
+        for key, e in ema.items():
+            cost, lerp = e["ema_us_per_step"], e["foreach_lerp_us"]
+            print(
+                f"  {key} ({e['parameters']:,} parameters, {e['steps']} steps): EMA hooks {cost['median']:.1f} us/step "
+                f"({cost['q1']:.1f}-{cost['q3']:.1f}); one bare torch._foreach_lerp_ over the parameters "
+                f"{lerp['median']:.1f} us ({lerp['q1']:.1f}-{lerp['q3']:.1f}); ratio {cost['median'] / lerp['median']:.2f}"
+            )
     ck = results.get("checkpoint")
     if ck:
         print(
@@ -527,9 +668,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="few rounds: a smoke test, not a measurement")
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this path")
-    parser.add_argument("--cases", default="abc", help="which cases to run (letters), default: abc")
+    parser.add_argument("--cases", default="abcd", help="which cases to run (letters), default: abcd")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both sides (default 1)")
     parser.add_argument("--no-import", action="store_true", help="skip the import-time measurement")
+    parser.add_argument("--no-ema", action="store_true", help="skip the EMA cost measurement")
     parser.add_argument(
         "--check", action="store_true", help="exit 1 when a target is missed (with --quick: import only)"
     )
@@ -551,6 +693,9 @@ def main(argv: list[str] | None = None) -> int:
         print("framework floor ...", file=sys.stderr, flush=True)
         results["floor"] = framework_floor(100 if args.quick else 200, 4 if args.quick else 50, root)
         results["checkpoint"] = checkpoint_cost(root, 3 if args.quick else 10)
+        if not args.no_ema:
+            print("EMA cost ...", file=sys.stderr, flush=True)
+            results["ema"] = ema_cost(50 if args.quick else 500, root)
     if not args.no_import:
         print("import time ...", file=sys.stderr, flush=True)
         results["import"] = import_time(3 if args.quick else 10)

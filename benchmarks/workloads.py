@@ -147,3 +147,65 @@ def machine() -> dict[str, Any]:
         "tasktrain": tt.__version__,
         "platform": platform.platform(),
     }
+
+
+# -- two optimizers, manual optimization: a GAN-shaped step on the MLP data -----------------------
+def make_gan() -> nn.Module:
+    """A generator 32-64-32 and a discriminator 32-64-1, as one module with two halves."""
+    return nn.ModuleDict(
+        {
+            "generator": nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 32)),
+            "discriminator": nn.Sequential(nn.Linear(32, 64), nn.LeakyReLU(0.2), nn.Linear(64, 1)),
+        }
+    )
+
+
+def gan_losses(net: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The discriminator's loss (fake detached) and the generator's loss functions, as both sides call them."""
+    generator, discriminator = net["generator"], net["discriminator"]  # type: ignore[index]
+    fake = generator(x)
+    real_logits, fake_logits = discriminator(x), discriminator(fake.detach())
+    d_loss = F.binary_cross_entropy_with_logits(
+        real_logits, torch.ones_like(real_logits)
+    ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    return d_loss, fake
+
+
+def g_loss_of(net: nn.Module, fake: Tensor) -> Tensor:
+    logits = net["discriminator"](fake)  # type: ignore[index]
+    return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+
+
+def gan_optimizers(net: nn.Module) -> list[torch.optim.Optimizer]:
+    return [
+        torch.optim.AdamW(net["generator"].parameters(), lr=LR),  # type: ignore[index]
+        torch.optim.AdamW(net["discriminator"].parameters(), lr=LR),  # type: ignore[index]
+    ]
+
+
+class ManualGANTask(tt.TaskModule):
+    """The tasktrain side of the two-optimizer workload: ``automatic_optimization = False``."""
+
+    automatic_optimization = False
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self._optimizers: list[torch.optim.Optimizer] | None = None
+
+    def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
+        opt_g, opt_d = self.optimizers()  # type: ignore[misc]
+        d_loss, fake = gan_losses(self.net, batch[0])
+        opt_d.zero_grad()
+        self.manual_backward(d_loss)
+        opt_d.step()
+        g_loss = g_loss_of(self.net, fake)
+        opt_g.zero_grad()
+        self.manual_backward(g_loss)
+        opt_g.step()
+        return g_loss
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        if self._optimizers is None:
+            self._optimizers = gan_optimizers(self.net)
+        return self._optimizers

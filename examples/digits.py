@@ -5,6 +5,7 @@ takes a few seconds on a laptop CPU and reaches about 97% validation accuracy.
 
     python examples/digits.py                    # the defaults used by `make demo`
     python examples/digits.py --max-epochs 2     # a quick smoke run
+    python examples/digits.py --ema              # validate (and export) an EMA of the weights
 
 or through the command line, with the data from ``DigitsData`` (the only data class here):
 
@@ -16,7 +17,9 @@ torchmetrics ``Metric`` objects (accuracy, and class-balanced accuracy) and fill
 matrix, ``configure_optimizers`` with a per-step LR schedule sized from
 ``trainer.estimated_stepping_batches``, and ``Trainer.fit`` / ``Trainer.validate``. The confusion
 matrix of the final validation is printed, and saved as ``confusion_matrix.png`` next to the
-logs when matplotlib is installed.
+logs when matplotlib is installed. With ``--ema`` the :class:`~tasktrain.callbacks.EMA` callback
+keeps an exponential moving average of the weights, every validation runs on it, and the last
+checkpoint's averaged weights are loaded back with ``load_from_checkpoint(path, weights="ema")``.
 """
 
 from __future__ import annotations
@@ -132,6 +135,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--root-dir", default="runs/digits", help="logs and checkpoints go here")
     parser.add_argument("--no-progress-bar", action="store_true")
+    parser.add_argument(
+        "--ema", action="store_true", help="validate on an exponential moving average of the weights"
+    )
+    parser.add_argument("--ema-decay", type=float, default=0.99)
     return parser.parse_args(argv)
 
 
@@ -170,12 +177,15 @@ def main(argv: list[str] | None = None) -> float:
     data = DigitsData(args.batch_size, args.val_fraction, args.seed)
     train_loader, val_loader = data.train_dataloader(), data.val_dataloader()
     model = DigitsClassifier(hidden=args.hidden, lr=args.lr)
+    # Validation (during fit and in trainer.validate) runs on the averaged weights, training on the others.
+    callbacks = [tt.callbacks.EMA(decay=args.ema_decay)] if args.ema else []
     trainer = tt.Trainer(
         max_epochs=args.max_epochs,
         accelerator="cpu",  # the model is tiny: a GPU would only add transfer time
         default_root_dir=args.root_dir,
         log_every_n_steps=10,
         enable_progress_bar=not args.no_progress_bar,
+        callbacks=callbacks,
     )
     result = trainer.fit(model, train_dataloaders=train_loader, val_dataloaders=val_loader)
     print(
@@ -187,6 +197,15 @@ def main(argv: list[str] | None = None) -> float:
     print(f"final val/loss: {metrics['val/loss']:.4f}")
     print(f"final val/acc: {accuracy:.4f}")
     print(f"final val/acc_macro: {metrics['val/acc_macro']:.4f}")
+    if args.ema and trainer.checkpoint_callback is not None and trainer.checkpoint_callback.last_model_path:
+        path = trainer.checkpoint_callback.last_model_path
+        averaged = DigitsClassifier.load_from_checkpoint(
+            path, weights="ema"
+        )  # the EMA weights, for deployment
+        [ema_metrics] = tt.Trainer(logger=False, enable_progress_bar=False, accelerator="cpu").validate(
+            averaged, dataloaders=val_loader
+        )
+        print(f"EMA weights from {path}: val/acc {ema_metrics['val/acc']:.4f}")
     if model.confusion is not None:
         print(format_confusion(model.confusion))
         save_confusion_png(model.val_confusion, model.confusion, trainer.loggers[0].log_dir or args.root_dir)

@@ -549,6 +549,7 @@ class Configured(Regressor):
     ("form", "expected_lr"),
     [
         ("optimizer", 1.0),
+        ("list-of-one", 1.0),  # a list of optimizers, with one in it
         ("dict-no-scheduler", 1.0),
         ("tuple", 0.25),  # a bare scheduler steps per epoch: 2 epochs
         ("dict", 0.5**8),  # interval="step": 4 steps per epoch x 2 epochs
@@ -565,7 +566,6 @@ def test_configure_optimizers_forms(form: str, expected_lr: float):
     ("form", "error", "match"),
     [
         ("string", TypeError, "got str"),
-        ("list-of-one", TypeError, "got list"),
         ("bad-scheduler", TypeError, "lr_scheduler must be"),
         ("unknown-key", ValueError, "unknown keys"),
     ],

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
     from tasktrain.log_buffer import LogBuffer
+    from tasktrain.loops.manual import ManualOptimizer, _ManualStep
     from tasktrain.trainer import Trainer
 
 BatchT = TypeVar("BatchT")
@@ -60,12 +61,17 @@ class TaskModule(nn.Module, Generic[BatchT]):
     #: none (``Trainer(gradient_clip_val=None)``); e.g. ``HFTask`` clips at 1.0 like ``TrainingArguments``.
     default_gradient_clip_val: float | None = None
 
+    #: False hands the optimizer steps to ``training_step`` (``self.optimizers()``,
+    #: ``self.manual_backward(loss)``, ``opt.step()``): see "Several optimizers and manual optimization".
+    automatic_optimization: bool = True
+
     def __init__(self) -> None:
         super().__init__()
         self.hparams: HParams = HParams()
         self._trainer: Trainer | None = None
         self._log_buffer: LogBuffer | None = None
         self._warned_unattached_log = False
+        self._manual_optimization: _ManualStep | None = None  # bound by the manual-optimization loop
 
     # -- read-only views of the run ------------------------------------------------------------
     @property
@@ -79,7 +85,8 @@ class TaskModule(nn.Module, Generic[BatchT]):
 
     @property
     def global_step(self) -> int:
-        """Completed optimizer steps (0 when not attached to a trainer)."""
+        """Completed optimizer steps (0 when not attached to a trainer); under manual optimization
+        (``automatic_optimization = False``) completed ``training_step`` calls."""
         return self._trainer.state.global_step if self._trainer is not None else 0
 
     @property
@@ -93,6 +100,65 @@ class TaskModule(nn.Module, Generic[BatchT]):
         for tensor in itertools.chain(self.parameters(), self.buffers()):
             return tensor.device
         return torch.device("cpu")
+
+    # -- manual optimization (automatic_optimization = False) -----------------------------------
+    def optimizers(self) -> ManualOptimizer | list[ManualOptimizer]:
+        """The optimizers, in ``configure_optimizers`` order (one: itself, several: a list).
+
+        Each one's ``step()`` and ``zero_grad()`` go through the strategy and precision plugin.
+
+        Example:
+            >>> opt_g, opt_d = self.optimizers()  # doctest: +SKIP
+        """
+        handles = self._manual().handles
+        return handles[0] if len(handles) == 1 else list(handles)
+
+    def lr_schedulers(self) -> Any:
+        """The LR schedulers, in ``configure_optimizers`` order: None, one, or a list.
+
+        Those with ``interval="step"`` step by themselves when their optimizer steps, those with
+        ``interval="epoch"`` at each epoch end: step one here only if you configured neither.
+        """
+        schedulers = [config.scheduler for config in self._manual().schedulers]
+        if not schedulers:
+            return None
+        return schedulers[0] if len(schedulers) == 1 else schedulers
+
+    def manual_backward(self, loss: Tensor) -> None:
+        """Backward through the precision plugin (loss scaling) and the strategy, with the backward hooks.
+
+        Example:
+            >>> self.manual_backward(d_loss)  # doctest: +SKIP
+        """
+        self._manual().backward(loss)
+
+    def clip_gradients(
+        self,
+        optimizer: Any,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str = "norm",
+    ) -> Tensor | None:
+        """Clip ``optimizer``'s gradients (unscaled and, under DDP, averaged over the ranks first).
+
+        Returns the total norm before clipping with ``"norm"``, else None.
+
+        Example:
+            >>> self.clip_gradients(opt_d, gradient_clip_val=1.0)  # doctest: +SKIP
+        """
+        if gradient_clip_algorithm not in ("norm", "value"):
+            raise ValueError(
+                f"clip_gradients(gradient_clip_algorithm={gradient_clip_algorithm!r}): accepted values are 'norm', 'value'"
+            )
+        return self._manual().handle(optimizer).clip_gradients(gradient_clip_val, gradient_clip_algorithm)
+
+    def _manual(self) -> _ManualStep:
+        if self._manual_optimization is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: optimizers(), lr_schedulers(), manual_backward() and clip_gradients() are "
+                "for manual optimization: set `automatic_optimization = False` on the class, and call them while "
+                "Trainer.fit trains"
+            )
+        return self._manual_optimization
 
     # -- hyperparameters -----------------------------------------------------------------------
     def save_hyperparameters(self, *names: str, ignore: Iterable[str] = ()) -> None:
@@ -240,7 +306,8 @@ class TaskModule(nn.Module, Generic[BatchT]):
         return None
 
     def configure_optimizers(self) -> Any:
-        """Return an optimizer, ``(optimizer, scheduler)``, or ``{"optimizer": ..., "lr_scheduler": ...}``."""
+        """Return an optimizer, ``(optimizer, scheduler)``, ``{"optimizer": ..., "lr_scheduler": ...}``,
+        or several: a list of optimizers or of such dicts (``automatic_optimization = False``)."""
         raise NotImplementedError(f"{type(self).__name__} must implement configure_optimizers() to be fitted")
 
     def configure_model(self) -> None:
@@ -314,15 +381,19 @@ class TaskModule(nn.Module, Generic[BatchT]):
 
     # -- checkpoints -----------------------------------------------------------------------------
     @classmethod
-    def load_from_checkpoint(cls, path: str, **overrides: Any) -> TaskModule[Any]:
+    def load_from_checkpoint(cls, path: str, weights: str = "model", **overrides: Any) -> TaskModule[Any]:
         """Rebuild the module from a checkpoint directory: ``cls(**hparams, **overrides)`` + weights.
+
+        ``weights="ema"`` loads the averaged weights of the :class:`~tasktrain.callbacks.EMA`
+        callback (with the module's buffers) instead of the trained ones.
 
         Example:
             >>> model = Regressor.load_from_checkpoint("runs/checkpoints/step=200")  # doctest: +SKIP
+            >>> averaged = Regressor.load_from_checkpoint("runs/checkpoints/step=200", weights="ema")  # doctest: +SKIP
         """
         from tasktrain.checkpoint.format import load_module
 
-        return load_module(cls, path, overrides)
+        return load_module(cls, path, overrides, weights)
 
     def _default_eval_step(self, batch: BatchT, name: str) -> Tensor:
         out = self.compute_loss(batch)

@@ -89,6 +89,16 @@ class MixedPrecision(Precision):
             self._unscaled.add(id(optimizer))
 
     def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any] | None = None) -> bool:
+        try:
+            return self._step(optimizer, closure)
+        finally:
+            # A step inside the autocast region (manual optimization steps in training_step) leaves
+            # autocast's cached low-precision copies of the weights stale: later forwards in the same
+            # region would use the weights from before the step.
+            if torch.is_autocast_enabled(self.device_type):
+                torch.clear_autocast_cache()
+
+    def _step(self, optimizer: Optimizer, closure: Callable[[], Any] | None) -> bool:
         if self.scaler is None:
             return super().optimizer_step(optimizer, closure)
         if closure is not None:

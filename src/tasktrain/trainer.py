@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from tasktrain.callbacks import Callback, ModelCheckpoint, Preemption, ProgressBar
 from tasktrain.callbacks.checkpoint import best_checkpoint_path, monitoring_checkpoint
 from tasktrain.checkpoint import manager
+from tasktrain.checkpoint.errors import CheckpointError
 from tasktrain.checkpoint.manager import resolve_ckpt_path
 from tasktrain.compile import apply_compile
 from tasktrain.data import gather_predictions, sampler_generator, shard_for_prediction
@@ -179,7 +180,7 @@ class Trainer:
 
     @property
     def global_step(self) -> int:
-        """Completed optimizer steps (``trainer.state.global_step``)."""
+        """Completed optimizer steps (``trainer.state.global_step``); ``training_step`` calls under manual optimization."""
         return self.state.global_step
 
     @property
@@ -265,7 +266,7 @@ class Trainer:
     @property
     def optimizers(self) -> list[Optimizer]:
         """The optimizers of the current (or last) fit, in ``configure_optimizers`` order."""
-        return [] if self._optim is None else [self._optim.optimizer]
+        return [] if self._optim is None else self._optim.optimizers
 
     @property
     def optimizer(self) -> Optimizer | None:
@@ -275,7 +276,7 @@ class Trainer:
     @property
     def lr_scheduler_configs(self) -> list[SchedulerConfig]:
         """The LR schedulers of the current (or last) fit, with when they step."""
-        return [] if self._optim is None or self._optim.scheduler is None else [self._optim.scheduler]
+        return [] if self._optim is None else self._optim.schedulers
 
     # -- entry points ----------------------------------------------------------------------------
     def fit(
@@ -296,6 +297,8 @@ class Trainer:
             >>> result.metrics["train_steps_per_second"]            # doctest: +SKIP
         """
         self.strategy.check_module(module)
+        if isinstance(module, TaskModule) and not module.automatic_optimization:
+            _check_manual_optimization(self.args, type(module).__name__)
         if ckpt_path == "best":
             raise ValueError(
                 "Trainer.fit(ckpt_path='best'): 'best' is for validate/test/predict (the weights of the best "
@@ -313,17 +316,18 @@ class Trainer:
             val = val_dataloaders if val_dataloaders is not None else module.val_dataloader()
             self.train_dataloader = self.strategy.process_dataloader(train, seed)
             self.val_dataloader = self._eval_dataloaders(val, "fit(val_dataloaders=...)")
-            self._optim = parse_optimizers(module.configure_optimizers())
             if self.args.gradient_clip_val is None:
                 # the module's own default (HFTask: 1.0; None for most), for strategies that clip
-                # inside their step (DeepSpeed); set on every fit, so it never outlives its module
+                # inside their step (DeepSpeed, set up with the optimizers); set on every fit, so it
+                # never outlives its module
                 self.strategy.configure(
                     self.args.accumulate_grad_batches, module.default_gradient_clip_val, "norm"
                 )
-            self._optim.optimizer = self.strategy.setup_optimizer(self._optim.optimizer)
+            self._optim = self._setup_optimizers(module)
             if ckpt_path is not None:
                 path = resolve_ckpt_path(ckpt_path, self.default_root_dir, self.strategy)
                 saved = manager.load(path, self._states(), module, self.optimizers, self.strategy)
+                _check_scheduler_count(path, saved, len(self.lr_scheduler_configs))
                 self._call("on_load_checkpoint", saved)
             for logger in self.loggers:
                 logger.log_hyperparams(dict(module.hparams))
@@ -422,6 +426,16 @@ class Trainer:
             logger.after_save_checkpoint(path)
 
     # -- internals -------------------------------------------------------------------------------
+    def _setup_optimizers(self, module: TaskModule[Any]) -> OptimizerSetup:
+        """``configure_optimizers`` parsed and checked against the module's optimization mode, each
+        optimizer set up by the strategy."""
+        setup = parse_optimizers(module.configure_optimizers())
+        setup.check_mode(module.automatic_optimization, type(module).__name__)
+        prepared = self.strategy.setup_optimizers(setup.optimizers)
+        for config, optimizer in zip(setup.configs, prepared, strict=True):
+            config.optimizer = optimizer
+        return setup
+
     def _states(self) -> dict[str, Stateful]:
         """Everything that resumes, by the name it has in checkpoints (pinned by tests/checkpoint/test_golden.py).
 
@@ -610,6 +624,36 @@ def _call_in_worker(
         return {"result": getattr(trainer, method)(module, dataloaders, ckpt_path)}
     finally:
         trainer.strategy.teardown()
+
+
+def _check_manual_optimization(args: TrainerArgs, module_name: str) -> None:
+    """Refuse the Trainer settings that belong to automatic optimization (the user owns the step)."""
+    refused = []
+    if args.accumulate_grad_batches > 1:
+        refused.append(
+            f"accumulate_grad_batches={args.accumulate_grad_batches} (accumulate yourself: step every n-th batch)"
+        )
+    if args.gradient_clip_val is not None:
+        refused.append(
+            f"gradient_clip_val={args.gradient_clip_val} (call self.clip_gradients(opt, gradient_clip_val=...) "
+            "before opt.step())"
+        )
+    if refused:
+        raise ValueError(
+            f"{module_name} has automatic_optimization = False, so training_step steps the optimizers; "
+            f"Trainer({', '.join(r.split(' (')[0] for r in refused)}) is for automatic optimization. Instead: "
+            + "; ".join(refused)
+        )
+
+
+def _check_scheduler_count(path: str, saved: Mapping[str, Any], count: int) -> None:
+    """Schedulers resume by position: a checkpoint with another number of them is refused."""
+    saved_count = sum(1 for name in saved if name.startswith("lr_scheduler."))
+    if saved_count != count:
+        raise CheckpointError(
+            f"{path} holds the state of {saved_count} LR scheduler(s), but this run's configure_optimizers() "
+            f"returned {count}; schedulers are restored by position, so the counts must match"
+        )
 
 
 def _batch_size(loader: Any) -> int | None:

@@ -142,3 +142,26 @@ def test_hf_text_classification_takes_a_local_model_directory(tmp_path: Path) ->
         tmp_path=tmp_path,
     )
     assert number_after("accuracy (from_pretrained):", out) == number_after("accuracy (trained):", out)
+
+
+def test_digits_with_ema_validates_and_reloads_the_averaged_weights(tmp_path: Path) -> None:
+    out = run_example("digits.py", "--max-epochs", "2", "--ema", tmp_path=tmp_path)
+    # trainer.validate ran on the EMA weights (the callback swaps them in), the same as those reloaded
+    # from the checkpoint with load_from_checkpoint(weights="ema").
+    reloaded = re.search(r"^EMA weights from \S+step=00000046: val/acc ([0-9.]+)$", out, flags=re.MULTILINE)
+    assert reloaded, out
+    assert float(reloaded.group(1)) == number_after("final val/acc:", out)
+
+
+def test_gan_trains_two_optimizers_and_draws_a_grid_each_epoch(tmp_path: Path) -> None:
+    out = run_example("gan.py", "--max-epochs", "2", "--width", "8", tmp_path=tmp_path)
+    # 1797 digits in batches of 64 (the last, short one dropped): 28 training_steps per epoch.
+    assert re.search(r"^trained 56 steps \(one per batch, two optimizer steps each\)", out, re.M), out
+    assert "EMA updates: 56" in out
+    grids = sorted((tmp_path / "runs" / "samples").iterdir())
+    assert [p.name for p in grids] == ["epoch=000.png", "epoch=001.png"]
+    import matplotlib.image
+
+    image = matplotlib.image.imread(grids[-1])
+    assert image.shape[:2] == (8 * 73, 8 * 73)  # 8 x 8 digits of 8 x 8 pixels, 1-pixel gaps, scaled 8x
+    assert "(weights='ema')" in out

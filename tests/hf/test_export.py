@@ -247,3 +247,17 @@ def test_export_to_a_url_is_refused_with_the_way_out(tmp_path):
     trainer.fit(task, tiny.loader(2, 2))
     with pytest.raises(ValueError, match=r"out='memory://x'\): transformers writes local directories"):
         save_pretrained(find_last(str(tmp_path)), "memory://x")
+
+
+def test_export_format_hf_with_ema_weights_holds_the_averages(tmp_path):
+    ema = tt.callbacks.EMA(decay=0.5)
+    task, last = _fit(tmp_path, tiny.tiny_gpt2(), tiny.lm_collate, callbacks=[ema])
+    out = tmp_path / "exported-ema"
+    assert main(["export", last, str(out), "--format", "hf", "--weights", "ema"]) == 0
+    loaded, info = transformers.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert {k: v for k, v in info.items() if v} == {}, f"load report lists keys: {info}"
+    averaged = {name.removeprefix("model."): t for name, t in ema.averaged_weights().items()}
+    got = dict(loaded.named_parameters())
+    assert got.keys() == averaged.keys()
+    assert all(torch.equal(got[name], averaged[name]) for name in averaged)
+    assert not all(torch.equal(got[n], p) for n, p in task.model.named_parameters())  # not the trained ones

@@ -23,6 +23,9 @@ FIT_LOOP_KEYS = {
     "epoch_loop.accumulation.progress",
     "epoch_loop.optimization.progress",
     "epoch_loop.optimization.skipped",
+    "epoch_loop.manual.progress",
+    "epoch_loop.manual.optimizer_steps",
+    "epoch_loop.manual.skipped_steps",
     "epoch_loop.cadence.val_loop.batch_progress",
     "epoch_loop.cadence.last_val_step",
 }

@@ -40,6 +40,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import load_file as load_safetensors_file
 from torch import Tensor
 
+from tasktrain.checkpoint import codec
 from tasktrain.checkpoint.errors import CheckpointError
 from tasktrain.checkpoint.safetensors_io import write_safetensors
 from tasktrain.checkpoint.sharded import SHARDED, is_sharded, read_sharded_weights, sharded_shapes
@@ -149,6 +150,50 @@ def read_weights(path: str) -> dict[str, Tensor]:
     return tensors
 
 
+#: What ``load_from_checkpoint(weights=...)`` and ``tasktrain export --weights`` accept.
+WEIGHT_KINDS = ("model", "ema")
+
+
+def read_weights_of(path: str, weights: str = "model") -> dict[str, Tensor]:
+    """The trained weights (``"model"``) or the averaged ones of the EMA callback (``"ema"``).
+
+    The averaged weights are the EMA callback's averages of the parameters, with the module's own
+    buffers (buffers are not averaged).
+
+    Raises:
+        CheckpointError: ``"ema"`` for a checkpoint saved without the EMA callback (or before its first update).
+    """
+    if weights not in WEIGHT_KINDS:
+        raise ValueError(f"weights={weights!r}: accepted values are {list(WEIGHT_KINDS)}")
+    model = read_weights(path)
+    if weights == "model":
+        return model
+    state = read_state(path).get("states", {})
+    names = [name for name, value in state.items() if name.startswith("callbacks.") and _is_ema_state(value)]
+    if len(names) != 1:
+        raise CheckpointError(
+            f"{path} holds no EMA weights: it was saved without the tasktrain.callbacks.EMA callback; "
+            "load weights='model' instead"
+            if not names
+            else f"{path} holds the state of several EMA callbacks ({names}); export one of them by hand"
+        )
+    tensors, _ = read_state_tensors(path)
+    own = {key.partition(".")[2]: t for key, t in tensors.items() if key.partition(".")[0] == "0"}
+    averaged: dict[str, Tensor] = codec.decode(state[names[0]], own)["weights"]
+    if not averaged:
+        raise CheckpointError(
+            f"{path} was saved before the first EMA update: it holds no averaged weights yet"
+        )
+    # A tied weight is one tensor under several names (aliases): each name gets the average.
+    averaged_by_tensor = {id(model[name]): value for name, value in averaged.items() if name in model}
+    return {**{name: averaged_by_tensor.get(id(t), t) for name, t in model.items()}, **averaged}
+
+
+def _is_ema_state(value: Any) -> bool:
+    """Whether a saved callback state is an EMA's (whatever its key: a subclass has its own)."""
+    return isinstance(value, dict) and {"decay", "every_n_steps", "n_averaged", "weights"} <= set(value)
+
+
 def read_optimizer_state(path: str) -> dict[str, Any]:
     """The contents of ``optimizer.pt``, loaded with ``weights_only=True`` (no code runs); {} if absent.
 
@@ -193,18 +238,18 @@ def read_rng(path: str) -> list[dict[str, RngState]]:
     ]
 
 
-def consolidate(src: str, dst: str) -> None:
+def consolidate(src: str, dst: str, weights: str = "model") -> None:
     """Write the weights of the checkpoint ``src`` (any strategy, sharded or not) as one safetensors file.
 
     Checkpoints already hold full tensors, so this merges weight shards into a single file that
     any safetensors reader (e.g. Hugging Face's) loads. Tied weights are stored once.
+    ``weights="ema"`` writes the EMA callback's averaged weights instead of the trained ones.
 
     Example:
         >>> consolidate("runs/checkpoints/step=00001000", "model.safetensors")  # doctest: +SKIP
     """
     verify(src)
-    weights = read_weights(src)
-    unique, aliases = _deduplicate(weights)
+    unique, aliases = _deduplicate(read_weights_of(src, weights))
     metadata = {"tasktrain.aliases": json.dumps(aliases), "format": "pt"}
     fs, path = url_to_fs(dst)
     parent = path.rsplit("/", 1)[0] if "/" in path else ""
@@ -214,17 +259,22 @@ def consolidate(src: str, dst: str) -> None:
         write_safetensors(f, _contiguous_cpu(unique), metadata)
 
 
-def load_module(cls: type[M], path: str, overrides: Mapping[str, Any]) -> M:
+def load_module(cls: type[M], path: str, overrides: Mapping[str, Any], weights: str = "model") -> M:
     """Build ``cls(**hparams, **overrides)`` and load the checkpoint's weights into it (strictly).
 
-    Every file of the checkpoint is verified against its manifest first.
+    Every file of the checkpoint is verified against its manifest first. ``weights="ema"`` loads
+    the EMA callback's averaged weights.
     """
+    if weights not in WEIGHT_KINDS:
+        raise ValueError(
+            f"load_from_checkpoint(weights={weights!r}): accepted values are {list(WEIGHT_KINDS)}"
+        )
     verify(path)
     from tasktrain.module import decode_hparams
 
     hparams = decode_hparams(read_state(path).get("hparams", {}))  # transformers configs as objects
     module = cls(**{**hparams, **overrides})
-    load_weights_into(module, read_weights(path), path)
+    load_weights_into(module, read_weights_of(path, weights), path)
     return module
 
 

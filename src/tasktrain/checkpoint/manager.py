@@ -37,6 +37,7 @@ from tasktrain.checkpoint.sharded import (
     load_sharded,
     own_shards,
     save_sharded,
+    sharded_optimizer_count,
     sharded_shapes,
 )
 from tasktrain.checkpoint.storage import checkpoints, describe, resolve, verify
@@ -230,6 +231,8 @@ def _load_model(
     template = strategy.get_state(module, optimizers, sharded=True) if is_sharded(path) else None
     if template is not None:  # DCP reads each rank's part straight into its shards
         check_fits(module, sharded_shapes(f"{path}/{SHARDED}"), path)
+        if optimizers:
+            _check_optimizer_count(path, sharded_optimizer_count(f"{path}/{SHARDED}"), len(optimizers))
         dcp_state = _dcp_state(template)
         load_sharded(f"{path}/{SHARDED}", dcp_state)
         strategy.set_state(module, optimizers, _from_dcp_state(dcp_state, len(optimizers)))
@@ -241,9 +244,21 @@ def _load_model(
             f"{path} keeps its optimizer state in DCP shards, which strategy {strategy.name!r} cannot load; "
             "resume it with strategy 'fsdp', 'tp', 'ddp' or 'single'"
             if is_sharded(path)
-            else f"{path} holds {len(optimizer_states)} optimizer state(s); this run has {len(optimizers)} optimizer(s)"
+            else _optimizer_count_message(path, len(optimizer_states), len(optimizers))
         )
     strategy.set_state(module, optimizers, ModelState(weights, optimizer_states[: len(optimizers)]))
+
+
+def _check_optimizer_count(path: str, saved: int, expected: int) -> None:
+    if saved != expected:
+        raise CheckpointError(_optimizer_count_message(path, saved, expected))
+
+
+def _optimizer_count_message(path: str, saved: int, expected: int) -> str:
+    return (
+        f"{path} holds the state of {saved} optimizer(s), but this run's configure_optimizers() returned "
+        f"{expected}; optimizers are restored by position, so the counts must match"
+    )
 
 
 def _dcp_state(state: ModelState) -> dict[str, Any]:

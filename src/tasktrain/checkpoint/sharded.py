@@ -129,6 +129,12 @@ def sharded_shapes(directory: str) -> dict[str, torch.Size]:
     return {name: meta.size for name, meta in _model_entries(directory).items()}
 
 
+def sharded_optimizer_count(directory: str) -> int:
+    """How many optimizers the DCP checkpoint holds (its ``optimizer``, ``optimizer_1``, ... entries)."""
+    tops = {key.split(".", 1)[0] for key in _read_metadata(directory).state_dict_metadata}
+    return sum(1 for top in tops if top == "optimizer" or top.removeprefix("optimizer_").isdigit())
+
+
 def read_sharded_weights(directory: str) -> dict[str, Tensor]:
     """The model's full tensors, assembled from every rank's shards in this one process."""
     model = {

@@ -22,6 +22,8 @@ def export_main(argv: list[str]) -> int:
         0
         >>> export_main(["last", "my-bert", "--format", "hf"])  # doctest: +SKIP
         0
+        >>> export_main(["last", "ema.safetensors", "--weights", "ema"])  # doctest: +SKIP
+        0
     """
     parser = argparse.ArgumentParser(
         prog="tasktrain export",
@@ -46,6 +48,12 @@ def export_main(argv: list[str]) -> int:
         default="runs",
         help="where CKPT=last looks for the newest complete checkpoint (default: runs)",
     )
+    parser.add_argument(
+        "--weights",
+        choices=("model", "ema"),
+        default="model",
+        help="the trained weights (model, the default) or the EMA callback's averaged weights (ema)",
+    )
     args = parser.parse_args(argv)  # usage errors: argparse's message, exit status 2
     from tasktrain.checkpoint import consolidate
     from tasktrain.checkpoint.manager import resolve_ckpt_path
@@ -58,14 +66,14 @@ def export_main(argv: list[str]) -> int:
         if args.format == "hf":
             from tasktrain.hf import save_pretrained
 
-            save_pretrained(source, args.out)
+            save_pretrained(source, args.out, weights=args.weights)
         else:
-            consolidate(source, args.out)
+            consolidate(source, args.out, args.weights)
     except (
         OSError,
         ValueError,
         ImportError,
     ) as error:  # e.g. OUT's directory is not writable, a corrupt shard
         raise CLIError(f"exporting {source} to {args.out} failed: {error}") from error
-    print(f"exported {source} -> {args.out}")
+    print(f"exported {source}{' (EMA weights)' if args.weights == 'ema' else ''} -> {args.out}")
     return 0

@@ -10,7 +10,12 @@ from tasktrain.hf._models import SPEC_KEYS, load_model
 
 
 def save_pretrained(
-    ckpt: str, out: str | os.PathLike[str], *, prefix: str = "model.", spec: Mapping[str, Any] | None = None
+    ckpt: str,
+    out: str | os.PathLike[str],
+    *,
+    prefix: str = "model.",
+    spec: Mapping[str, Any] | None = None,
+    weights: str = "model",
 ) -> str:
     """Write the model of checkpoint ``ckpt`` (any strategy's, sharded included) as a Hugging Face directory.
 
@@ -26,6 +31,7 @@ def save_pretrained(
         prefix: where the model sits in the module's state dict (``HFTask``: ``"model."``).
         spec: the model spec (``{"class": ..., "config": {...}}``) when the checkpoint's
             hparams hold none (a TaskModule of your own that wraps a transformers model).
+        weights: ``"model"`` (the trained weights) or ``"ema"`` (the EMA callback's averages).
 
     Returns:
         ``out``, as a string.
@@ -34,18 +40,18 @@ def save_pretrained(
         >>> save_pretrained("runs/checkpoints/step=00000300", "exported")  # doctest: +SKIP
         >>> AutoModelForSequenceClassification.from_pretrained("exported")  # doctest: +SKIP
     """
-    from tasktrain.checkpoint.format import read_state, read_weights
+    from tasktrain.checkpoint.format import read_state, read_weights_of
     from tasktrain.checkpoint.storage import verify
 
     verify(ckpt)
     if spec is None:
         spec = _spec_of(read_state(ckpt).get("hparams", {}), ckpt)
-    weights = read_weights(ckpt)
-    model_weights = {name[len(prefix) :]: t for name, t in weights.items() if name.startswith(prefix)}
+    saved = read_weights_of(ckpt, weights)
+    model_weights = {name[len(prefix) :]: t for name, t in saved.items() if name.startswith(prefix)}
     if not model_weights:
         raise ValueError(
             f"save_pretrained({ckpt!r}): no weights start with prefix={prefix!r}; the checkpoint holds "
-            f"{sorted(weights)[:5]}..."
+            f"{sorted(saved)[:5]}..."
         )
     model = load_model(dict(spec), None, None, None)
     missing, unexpected = model.load_state_dict(model_weights, strict=False)

@@ -11,6 +11,7 @@ from tasktrain.loops.epoch import EpochLoop, steps_per_epoch
 from tasktrain.loops.evaluation import EvaluationLoop
 from tasktrain.loops.fit import FitLoop
 from tasktrain.loops.hooks import HOOKS, HookDispatcher
+from tasktrain.loops.manual import ManualOptimization, ManualOptimizer
 from tasktrain.loops.optimization import OptimizationStep
 from tasktrain.loops.prediction import PredictionLoop
 from tasktrain.loops.sanity import SanityCheck
@@ -25,6 +26,8 @@ __all__ = [
     "HookDispatcher",
     "Loop",
     "LoopContext",
+    "ManualOptimization",
+    "ManualOptimizer",
     "NonFiniteLossError",
     "OptimizationStep",
     "PredictionLoop",

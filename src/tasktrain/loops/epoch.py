@@ -10,6 +10,7 @@ from tasktrain.data import calling_after, position_keeper, sampler_generator, sk
 from tasktrain.loops.accumulation import AccumulationLoop
 from tasktrain.loops.base import Loop, LoopContext
 from tasktrain.loops.cadence import Cadence
+from tasktrain.loops.manual import ManualOptimization
 from tasktrain.loops.optimization import OptimizationStep
 from tasktrain.rng import RngState
 from tasktrain.state import Progress
@@ -53,7 +54,10 @@ class EpochLoop(Loop):
 
     Each group is one optimizer step: :class:`AccumulationLoop` runs its micro-batches,
     :class:`OptimizationStep` steps, then the :class:`~tasktrain.loops.cadence.Cadence` writes
-    logs and validates when due. The last group of an epoch may be shorter (the remainder).
+    logs and validates when due. The last group of an epoch may be shorter (the remainder). For
+    a module with ``automatic_optimization = False``,
+    :class:`~tasktrain.loops.manual.ManualOptimization` replaces those two: one batch, one
+    ``training_step`` that steps the optimizers itself.
 
     Its state is where the epoch stands: the micro-batches read (``batch_progress.current``),
     whether the data ran out, and the RNG state when the epoch began. From a state saved inside
@@ -73,12 +77,14 @@ class EpochLoop(Loop):
         accumulation: AccumulationLoop | None = None,
         optimization: OptimizationStep | None = None,
         cadence: Cadence | None = None,
+        manual: ManualOptimization | None = None,
     ) -> None:
         self.accumulate_grad_batches = accumulate_grad_batches
         self.limit_batches = limit_batches
         self.accumulation = accumulation or AccumulationLoop()
         self.optimization = optimization or OptimizationStep()
         self.cadence = cadence or Cadence()
+        self.manual = manual or ManualOptimization()  # replaces both above for automatic_optimization = False
         self.batch_progress = Progress()  # one item per micro-batch; ``current`` is this epoch
         self.exhausted = False  # whether this epoch's data has all been read
         self.epoch_start_rng: RngState | None = None
@@ -88,6 +94,7 @@ class EpochLoop(Loop):
         self._groups: Iterator[Group] | None = None
         self._max_steps: int | None = None
         self._length: int | None = None
+        self._train_step: Any = self._automatic_step
 
     # -- the skeleton ----------------------------------------------------------------------------
     def run(self, ctx: LoopContext, max_steps: int | None = None) -> None:
@@ -115,6 +122,7 @@ class EpochLoop(Loop):
             batches = itertools.islice(batches, max(0, self._length - skip))
         self._groups = _grouped(enumerate(batches, start=skip), self.accumulate_grad_batches, ctx)
         self.exhausted = False
+        self._train_step = self._step_kind(ctx)
         epoch_steps = (
             None if self._length is None else steps_per_epoch(self._length, self.accumulate_grad_batches)
         )
@@ -129,8 +137,7 @@ class EpochLoop(Loop):
         """One optimizer step: accumulate a group, step, then what the cadence says is due."""
         assert self._groups is not None
         group = next(self._groups)
-        loss = self.accumulation.run(ctx, group)
-        self.optimization.run(ctx, skip=loss is None)
+        loss = self._train_step(ctx, group)
         self.batch_progress.complete(len(group))
         if loss is not None:
             ctx.totals.losses.add(loss)
@@ -138,6 +145,19 @@ class EpochLoop(Loop):
         self.cadence.after_step(ctx, in_epoch)
         # Last, so callbacks that save or stop here see this step's logs and validation.
         ctx.hooks.call("on_train_step_end")
+
+    def _step_kind(self, ctx: LoopContext) -> Any:
+        """How a group trains, chosen once per epoch from the module's ``automatic_optimization``."""
+        if ctx.module.automatic_optimization:
+            return self._automatic_step
+        self.manual.attach(ctx)
+        return self.manual.run
+
+    def _automatic_step(self, ctx: LoopContext, group: Group) -> Any:
+        """Forward and backward every micro-batch, then one optimizer step (skipped on a non-finite loss)."""
+        loss = self.accumulation.run(ctx, group)
+        self.optimization.run(ctx, skip=loss is None)
+        return loss
 
     def on_run_end(self, ctx: LoopContext) -> None:
         read = self.batch_progress.current.completed

@@ -31,6 +31,8 @@ class FitLoop(Loop):
                 on_before_zero_grad; zero_grad; global_step += 1
                 log every log_every_n_steps; validate every val_check_interval
                 on_train_step_end
+            # automatic_optimization = False: ManualOptimization replaces the two inner loops, one
+            # batch per step, and training_step steps the optimizers (see tasktrain.loops.manual)
             validate every check_val_every_n_epoch
             log epoch values; on_train_epoch_end; scheduler.step (per-epoch)
         on_train_end

@@ -28,6 +28,18 @@ Order during ``fit`` (accumulation N, validation at epoch end)::
     on_train_end
     on_fit_end
 
+With ``automatic_optimization = False`` (manual optimization) each batch is one step, and the
+optimizer hooks fire from inside ``training_step``, as the user calls them::
+
+        for each batch:
+            on_train_batch_start(batch, batch_idx)
+            training_step(batch, batch_idx):
+                self.manual_backward(loss)   -> on_before_backward(loss); on_after_backward()
+                opt.step()                   -> on_before_optimizer_step(optimizer)
+                opt.zero_grad()              -> on_before_zero_grad(optimizer)
+            on_train_batch_end(outputs, batch, batch_idx)
+            [logs, validation]; on_train_step_end()   # global_step incremented once per batch
+
 Validation (and ``test``, ``predict`` with their prefixes)::
 
     on_validation_start

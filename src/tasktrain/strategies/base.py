@@ -124,6 +124,10 @@ class Strategy:
     ) -> None:
         """Take the Trainer settings a strategy that runs its own step needs (DeepSpeed); a no-op here."""
 
+    def setup_optimizers(self, optimizers: Sequence[Optimizer]) -> list[Optimizer]:
+        """Prepare every optimizer of the fit, in order (a strategy that runs one engine refuses several)."""
+        return [self.setup_optimizer(optimizer) for optimizer in optimizers]
+
     def setup_optimizer(self, optimizer: Optimizer) -> Optimizer:
         return optimizer
 
@@ -159,6 +163,15 @@ class Strategy:
 
     def backward(self, loss: Tensor) -> None:
         self.precision.backward(loss)
+
+    def manual_optimization(self) -> AbstractContextManager[Any]:
+        """Where a ``training_step`` under manual optimization runs: gradients synchronised in every
+        backward (the strategy's own way), unless the strategy leaves that to :meth:`sync_gradients`."""
+        return self.no_backward_sync(False)
+
+    def sync_gradients(self, optimizer: Optimizer) -> None:
+        """Manual optimization, before ``optimizer`` steps: make its gradients the data-parallel mean
+        where backward did not (DDP). A no-op where backward synchronises."""
 
     def clip_gradients(
         self, module: nn.Module, optimizer: Optimizer, value: float | None, algorithm: str = "norm"

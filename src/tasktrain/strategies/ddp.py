@@ -6,8 +6,11 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
+import torch.distributed as dist
 from torch import nn
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim import Optimizer
 
 from tasktrain.precision import Precision
 from tasktrain.strategies.parallel import ParallelStrategy
@@ -62,3 +65,20 @@ class DDP(ParallelStrategy):
 
     def no_backward_sync(self, enabled: bool) -> AbstractContextManager[Any]:
         return self.model.no_sync() if enabled and self.model is not None else nullcontext()
+
+    def manual_optimization(self) -> AbstractContextManager[Any]:
+        # DDP's reducer expects one backward per forward; a manual training_step may run several
+        # (a GAN: the discriminator's, then the generator's). So backward never syncs here and each
+        # optimizer averages its own gradients when it steps (sync_gradients).
+        return self.no_backward_sync(True)
+
+    def sync_gradients(self, optimizer: Optimizer) -> None:
+        """Average ``optimizer``'s gradients over the ranks: one all-reduce of them flattened (a collective)."""
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads:
+            return
+        flat = _flatten_dense_tensors(grads)
+        dist.all_reduce(flat)
+        flat /= dist.get_world_size()
+        for grad, synced in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
+            grad.copy_(synced)

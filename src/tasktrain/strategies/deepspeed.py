@@ -99,6 +99,14 @@ class DeepSpeed(ParallelStrategy):
         self.module = module.to(self.root_device)  # DeepSpeed converts precision itself, in setup_optimizer
         return self.module
 
+    def setup_optimizers(self, optimizers: Sequence[Optimizer]) -> list[Optimizer]:
+        if len(optimizers) != 1:
+            raise ValueError(
+                f"DeepSpeed runs one optimizer inside its engine; configure_optimizers() returned {len(optimizers)}. "
+                "Use strategy 'ddp' or 'fsdp' for several optimizers"
+            )
+        return super().setup_optimizers(optimizers)
+
     def setup_optimizer(self, optimizer: Optimizer) -> Optimizer:
         import deepspeed
 

@@ -7,7 +7,7 @@ just before it runs. Every step goes through the root module's ``forward`` so FS
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 from typing import Any
 
@@ -61,19 +61,37 @@ class FSDP(DTensorCheckpointing, ParallelStrategy):
         self.model: FSDPModule | None = None
         self.module: nn.Module | None = None
 
+    def check_module(self, module: nn.Module) -> None:
+        if _is_manual(module) and any(True for _ in module.parameters(recurse=False)):
+            names = [name for name, _ in module.named_parameters(recurse=False)]
+            raise ValueError(
+                f"{type(module).__name__} has automatic_optimization = False and parameters of its own "
+                f"({names[:5]}); under strategy 'fsdp' each submodule is sharded as its own unit in manual "
+                "optimization, so put those parameters into a submodule"
+            )
+
     def setup_module(self, module: nn.Module) -> nn.Module:
         self.module = module = self.precision.convert_module(module).to(self.root_device)
-        self.model = apply_fsdp(
-            module, self.shard_modules, self._mixed_precision_policy(), self.reshard_after_forward
-        )
+        policy = self._mixed_precision_policy()
+        if _is_manual(module):
+            # Manual optimization steps inside training_step: one root unit would gather the
+            # parameters once for the whole step, so a step taken in the middle would not be seen by
+            # the rest of it. Each child is its own unit instead, gathered at each of its forwards
+            # (and reduce-scattered at each backward), and training_step runs outside any wrapper.
+            self.model = None
+            apply_fsdp_per_child(module, self.shard_modules, policy, self.reshard_after_forward)
+            return module
+        self.model = apply_fsdp(module, self.shard_modules, policy, self.reshard_after_forward)
         return module
 
     def _call_step(self, step: Callable[[Any, int], Any], batch: Any, batch_idx: int) -> Any:
-        assert self.model is not None
+        if self.model is None:  # manual optimization: the units' own hooks fire in each forward
+            return step(batch, batch_idx)
         return self.model(step, batch, batch_idx)  # type: ignore[operator]
 
     def no_backward_sync(self, enabled: bool) -> AbstractContextManager[Any]:
-        assert self.model is not None
+        if self.model is None:  # manual optimization (no accumulation): every backward reduce-scatters
+            return nullcontext()
         return gradient_sync(self.model, sync=not enabled)
 
     def clip_gradients(
@@ -85,6 +103,36 @@ class FSDP(DTensorCheckpointing, ParallelStrategy):
         if self.precision.name == "bf16-mixed":
             return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         return MixedPrecisionPolicy()
+
+
+def apply_fsdp_per_child(
+    module: nn.Module,
+    shard_modules: tuple[type[nn.Module], ...],
+    policy: MixedPrecisionPolicy,
+    reshard_after_forward: bool = True,
+    mesh: DeviceMesh | None = None,
+) -> list[FSDPModule]:
+    """Shard each submodule of a ``shard_modules`` class, then each direct child that holds
+    parameters, as its own unit (manual optimization: no root unit around the step)."""
+    options: dict[str, Any] = {
+        "mp_policy": policy,
+        "reshard_after_forward": reshard_after_forward,
+        "mesh": mesh,
+    }
+    for submodule in module.modules():
+        if shard_modules and isinstance(submodule, shard_modules) and submodule is not module:
+            fully_shard(submodule, **options)
+    units = []
+    for child in module.children():
+        if any(True for _ in child.parameters()) and not isinstance(child, FSDPModule):
+            units.append(fully_shard(child, **options))
+    return units
+
+
+def _is_manual(module: nn.Module) -> bool:
+    from tasktrain.module import TaskModule
+
+    return isinstance(module, TaskModule) and not module.automatic_optimization
 
 
 def apply_fsdp(

@@ -20,7 +20,7 @@ from torch.optim import Optimizer
 
 from tasktrain.precision import Precision
 from tasktrain.strategies.dtensor import DTensorCheckpointing, checked_layout, full_tensor, gradient_sync
-from tasktrain.strategies.fsdp import apply_fsdp
+from tasktrain.strategies.fsdp import _is_manual, apply_fsdp, apply_fsdp_per_child
 from tasktrain.strategies.parallel import DEFAULT_TIMEOUT, ParallelStrategy
 
 
@@ -76,6 +76,13 @@ class TensorParallel(DTensorCheckpointing, ParallelStrategy):
     def check_module(self, module: nn.Module) -> None:
         from tasktrain.module import TaskModule
 
+        if _is_manual(module) and any(True for _ in module.parameters(recurse=False)):
+            names = [name for name, _ in module.named_parameters(recurse=False)]
+            raise ValueError(
+                f"{type(module).__name__} has automatic_optimization = False and parameters of its own "
+                f"({names[:5]}); under strategy 'tp' each submodule is sharded as its own FSDP unit over the "
+                "data-parallel ranks in manual optimization, so put those parameters into a submodule"
+            )
         if isinstance(module, TaskModule) and not is_overridden("parallelize", module, parent=TaskModule):
             raise ValueError(
                 f"strategy='tp' needs {type(module).__name__}.parallelize(mesh) to apply the tensor-parallel plan "
@@ -92,7 +99,9 @@ class TensorParallel(DTensorCheckpointing, ParallelStrategy):
         self.check_module(module)
         self.module = module = self.precision.convert_module(module).to(self.root_device)
         module.parallelize(self.mesh["tp"])  # type: ignore[operator]
-        if self.data_parallel_size > 1:
+        if self.data_parallel_size > 1 and _is_manual(module):  # no root unit around the step: see FSDP
+            apply_fsdp_per_child(module, (), MixedPrecisionPolicy(), mesh=self.mesh["dp"])
+        elif self.data_parallel_size > 1:
             self.model = apply_fsdp(module, (), MixedPrecisionPolicy(), mesh=self.mesh["dp"])
         return module
 
