@@ -46,6 +46,7 @@ from tasktrain.seed import seed_everything
 from tasktrain.state import Stateful, TrainState
 from tasktrain.strategies import DDP, SingleDevice, Strategy
 from tasktrain.strategies.base import ModelState
+from tasktrain.strategies.environment import check_num_nodes, detect_environment
 from tasktrain.strategies.launcher import spawn
 from tasktrain.strategies.single import default_device
 from tasktrain.totals import TrainTotals
@@ -612,10 +613,13 @@ def _batch_size(loader: Any) -> int | None:
 
 def _build_strategy(args: TrainerArgs) -> Strategy:
     if isinstance(args.strategy, Strategy):
+        check_num_nodes(args.num_nodes, detect_environment())
         return _adopt_strategy(args)
     devices = args.devices if isinstance(args.devices, int) else 1
     precision = build_precision(args.precision)
-    launched_ranks = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun / SLURM: the environment decides
+    environment = detect_environment()  # torchrun / SLURM: the environment decides
+    check_num_nodes(args.num_nodes, environment)
+    launched_ranks = environment.world_size
     name = "ddp" if args.strategy == "auto" and max(devices, launched_ranks) > 1 else args.strategy
     if name in ("auto", "single"):
         return SingleDevice(default_device(args.accelerator), precision)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from datetime import timedelta
 from typing import Any
 
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from tasktrain.precision import Precision
-from tasktrain.strategies.parallel import ParallelStrategy
+from tasktrain.strategies.parallel import DEFAULT_TIMEOUT, ParallelStrategy
 
 
 class _StepRouter(nn.Module):
@@ -28,7 +29,8 @@ class DDP(ParallelStrategy):
     """Each rank holds the whole model and a disjoint shard of the data; gradients are averaged.
 
     Gradient sync is skipped (``no_sync``) on all but the last micro-batch of an accumulation
-    group. Extra keyword arguments go to ``DistributedDataParallel``.
+    group. ``timeout`` (seconds or a ``timedelta``) bounds every collective; extra keyword
+    arguments go to ``DistributedDataParallel``.
 
     Example:
         >>> import tasktrain as tt
@@ -42,9 +44,10 @@ class DDP(ParallelStrategy):
         num_processes: int = 1,
         accelerator: str = "auto",
         precision: Precision | None = None,
+        timeout: float | timedelta = DEFAULT_TIMEOUT,
         **ddp_kwargs: Any,
     ) -> None:
-        super().__init__(num_processes, accelerator, precision)
+        super().__init__(num_processes, accelerator, precision, timeout)
         self.ddp_kwargs = ddp_kwargs
         self.model: DistributedDataParallel | None = None
 
