@@ -17,7 +17,6 @@ from torch.utils.data import DataLoader
 from tasktrain.callbacks import Callback, ModelCheckpoint, Preemption, ProgressBar
 from tasktrain.callbacks.checkpoint import best_checkpoint_path, monitoring_checkpoint
 from tasktrain.checkpoint import manager
-from tasktrain.checkpoint.manager import resolve_ckpt_path
 from tasktrain.compile import apply_compile
 from tasktrain.data import gather_predictions, sampler_generator, shard_for_prediction
 from tasktrain.log_buffer import LogBuffer
@@ -41,6 +40,7 @@ from tasktrain.loops.sanity import SANITY_CHECK_STAGE
 from tasktrain.module import TaskModule
 from tasktrain.optim import OptimizerSetup, SchedulerConfig, parse_optimizers
 from tasktrain.precision import build_precision
+from tasktrain.preflight import preflight
 from tasktrain.rng import ProcessRng
 from tasktrain.seed import seed_everything
 from tasktrain.state import Stateful, TrainState
@@ -306,7 +306,7 @@ class Trainer:
                 _fit_in_worker, (self, module, train_dataloaders, val_dataloaders, ckpt_path), processes
             )
             return self._adopt_worker_result(module, payload)
-        with self._run(module, "fit"):
+        with self._run(module, "fit", ckpt_path) as path:
             seed = self.args.seed or 0
             train = train_dataloaders if train_dataloaders is not None else module.train_dataloader()
             self._per_rank_batch_size = _batch_size(train)
@@ -315,8 +315,7 @@ class Trainer:
             self.val_dataloader = self._eval_dataloaders(val, "fit(val_dataloaders=...)")
             self._optim = parse_optimizers(module.configure_optimizers())
             self._optim.optimizer = self.strategy.setup_optimizer(self._optim.optimizer)
-            if ckpt_path is not None:
-                path = resolve_ckpt_path(ckpt_path, self.default_root_dir, self.strategy)
+            if path is not None:  # resolved and agreed by every rank in the preflight
                 saved = manager.load(path, self._states(), module, self.optimizers, self.strategy)
                 self._call("on_load_checkpoint", saved)
             for logger in self.loggers:
@@ -377,8 +376,8 @@ class Trainer:
         if processes := self.strategy.processes_to_launch:
             payload = spawn(_call_in_worker, (self, "predict", module, dataloaders, ckpt_path), processes)
             return payload["result"]
-        with self._run(module, "predict"):
-            self._load_weights(ckpt_path)
+        with self._run(module, "predict", ckpt_path) as path:
+            self._load_weights(path)
             strategy = self.strategy
             loader, shard = shard_for_prediction(
                 dataloaders if dataloaders is not None else module.predict_dataloader(),
@@ -444,8 +443,9 @@ class Trainer:
         return FitResult(**payload["result"])
 
     @contextmanager
-    def _run(self, module: TaskModule[Any], stage: str) -> Iterator[None]:
-        """Attach the module, set up the strategy, run, and always clean up (hooks see failures)."""
+    def _run(self, module: TaskModule[Any], stage: str, ckpt_path: str | None = None) -> Iterator[str | None]:
+        """Attach the module, set up the strategy, check the ranks agree, run, and always clean up
+        (hooks see failures). Gives ``ckpt_path`` resolved ("last", "auto": by rank 0, for all)."""
         if not isinstance(module, TaskModule):
             raise TypeError(f"Trainer.{stage}() expects a TaskModule, got {type(module).__name__}")
         if self.args.seed is not None:
@@ -454,9 +454,9 @@ class Trainer:
         if self.args.deterministic:
             torch.use_deterministic_algorithms(True)
         self.state.stage = stage
-        self._attach(module)
+        path = self._attach(module, stage, ckpt_path)
         try:
-            yield
+            yield path
         except BaseException as error:
             self._call("on_exception", error)
             raise
@@ -467,19 +467,27 @@ class Trainer:
             module._log_buffer = None
             torch.use_deterministic_algorithms(previous_determinism)
 
-    def _attach(self, module: TaskModule[Any]) -> None:
+    def _attach(self, module: TaskModule[Any], stage: str, ckpt_path: str | None) -> str | None:
+        """Set the strategy up for ``module`` (once per module); return ``ckpt_path`` as the preflight resolved it."""
         self.module = module
         module._trainer = self
         module._log_buffer = self.logs
         self.hooks = HookDispatcher(self, module, self.callbacks)
-        if self._setup_done_for is not module:
+        first = self._setup_done_for is not module
+        if first:
             self.strategy.setup_environment()
+        # Before any collective of the strategy's own: ranks that disagree fail here, in seconds.
+        path = preflight(
+            self.strategy, self.args, module, ckpt_path, self.default_root_dir, f"Trainer.{stage}"
+        )
+        if first:
             with self.strategy.module_init_context():
                 module.configure_model()
             self.strategy.setup_module(module)
             if self.args.compile_options is not None:  # after wrapping/sharding, inside any wrapper
                 apply_compile(module, self.args.compile_options)
             self._setup_done_for = module
+        return path
 
     def _context(self, module: TaskModule[Any]) -> LoopContext:
         return LoopContext(
@@ -507,8 +515,8 @@ class Trainer:
         if processes := self.strategy.processes_to_launch:  # devices=N: evaluate in N new processes
             payload = spawn(_call_in_worker, (self, stage, module, dataloaders, ckpt_path), processes)
             return payload["result"]
-        with self._run(module, stage):
-            self._load_weights(ckpt_path)
+        with self._run(module, stage, ckpt_path) as path:
+            self._load_weights(path)
             hook = module.val_dataloader if stage == "validate" else module.test_dataloader
             loader = dataloaders if dataloaders is not None else hook()
             if loader is None:
@@ -552,9 +560,8 @@ class Trainer:
         """``"best"``: the path of the monitored ModelCheckpoint's best checkpoint, as this trainer knows it."""
         return best_checkpoint_path(self.callbacks, f"Trainer.{stage}") if ckpt_path == "best" else ckpt_path
 
-    def _load_weights(self, ckpt_path: str | None) -> None:
-        if ckpt_path is not None:
-            path = resolve_ckpt_path(ckpt_path, self.default_root_dir, self.strategy)
+    def _load_weights(self, path: str | None) -> None:
+        if path is not None:  # resolved in the preflight
             manager.load_weights(path, self._require_module("load weights"), self.strategy)
 
     def _call(self, hook: str, *args: Any) -> None:

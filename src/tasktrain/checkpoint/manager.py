@@ -39,17 +39,19 @@ from tasktrain.strategies.base import ModelState, Strategy
 Captured = dict[str, Any]  # {name: state_dict()}
 
 
-def resolve_ckpt_path(ckpt_path: str, default_root_dir: str, strategy: Strategy | None = None) -> str:
+def resolve_ckpt_path(ckpt_path: str, default_root_dir: str, strategy: Strategy | None = None) -> str | None:
     """``"last"`` → the newest checkpoint under ``default_root_dir`` that verifies; else check ``ckpt_path``.
 
-    ``"last"`` skips, with a warning naming each, newer checkpoints that fail verification or
+    ``"auto"`` is ``"last"`` when there is any checkpoint under ``default_root_dir``, else None
+    (start fresh). ``"last"`` skips, with a warning naming each, newer checkpoints that fail verification or
     whose ``trainer_state.json`` or safetensors headers do not parse. An explicit path must be a
     complete checkpoint (sizes are checked here, checksums when it is loaded). With a
     ``strategy`` of several ranks, rank 0 decides and every rank gets its answer (or error).
 
     Raises:
         FileNotFoundError: ``ckpt_path`` does not exist, or ``"last"`` finds no checkpoint.
-        CheckpointError: ``ckpt_path`` is not a complete checkpoint, or no checkpoint verifies.
+        CheckpointError: ``ckpt_path`` is not a complete checkpoint, or no checkpoint verifies
+            (also for ``"auto"``: checkpoints that all fail verification are not a fresh start).
 
     Example:
         >>> resolve_ckpt_path("last", "runs")  # doctest: +SKIP
@@ -57,12 +59,14 @@ def resolve_ckpt_path(ckpt_path: str, default_root_dir: str, strategy: Strategy 
     """
     if strategy is not None and strategy.world_size > 1:
         return _on_rank_zero(strategy, lambda: resolve_ckpt_path(ckpt_path, default_root_dir))
+    if ckpt_path == "auto":
+        return _last_verified(default_root_dir, "auto") if checkpoints(default_root_dir) else None
     if ckpt_path == "last":
         return _last_verified(default_root_dir)
     return resolve(ckpt_path, f"ckpt_path={ckpt_path!r}")
 
 
-def _last_verified(default_root_dir: str) -> str:
+def _last_verified(default_root_dir: str, name: str = "last") -> str:
     skipped: list[tuple[str, str]] = []
     for candidate in checkpoints(default_root_dir):
         try:
@@ -73,14 +77,14 @@ def _last_verified(default_root_dir: str) -> str:
             continue
         for path, reason in skipped:
             warnings.warn(
-                f"ckpt_path='last': skipping {path}, which does not verify ({reason}); "
+                f"ckpt_path={name!r}: skipping {path}, which does not verify ({reason}); "
                 f"using the older {candidate}",
                 stacklevel=3,
             )
         return candidate
     if skipped:
         raise CheckpointError(
-            f"ckpt_path='last': none of the {len(skipped)} checkpoint(s) under default_root_dir="
+            f"ckpt_path={name!r}: none of the {len(skipped)} checkpoint(s) under default_root_dir="
             f"{default_root_dir!r} verifies: " + "; ".join(f"{path}: {reason}" for path, reason in skipped)
         )
     raise FileNotFoundError(

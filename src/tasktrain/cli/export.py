@@ -34,6 +34,8 @@ def export_main(argv: list[str]) -> int:
         source = resolve_ckpt_path(args.ckpt, args.root_dir)
     except (OSError, ValueError) as error:
         raise CLIError(f"CKPT: {error}") from error
+    if source is None:
+        raise CLIError(f"CKPT: {args.ckpt!r}: no checkpoint under --root_dir {args.root_dir!r}")
     try:
         consolidate(source, args.out)
     except (OSError, ValueError) as error:  # e.g. OUT's directory is not writable, a corrupt shard
