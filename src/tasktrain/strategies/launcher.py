@@ -7,13 +7,16 @@ processes re-import the user's script, so the script must create the Trainer und
 
 from __future__ import annotations
 
+import multiprocessing.connection
 import os
 import pickle
+import re
 import signal
 import socket
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -50,12 +53,46 @@ def spawn(fn: Callable[..., dict[str, Any]], args: tuple[Any, ...], nprocs: int)
     return result
 
 
+#: After one rank fails, how long the others get to fail on their own (a peer's collective error
+#: follows within a second or two) before the launcher kills them and names the ones still running.
+FAILURE_GRACE_S = 5.0
+PREEMPTED_GRACE_S = 60.0
+#: What the traceback of a rank whose collective failed because of another rank looks like.
+_COLLECTIVE_FAILURE = re.compile(
+    r"DistBackendError|DistNetworkError|DistStoreError|Timed out|timed out|Connection closed by peer|"
+    r"Connection reset by peer|Broken pipe|ProcessGroupGloo|ProcessGroupNCCL|gloo/transport"
+)
+
+
+class RankFailedError(RuntimeError):
+    """A spawned rank failed, died or stopped responding; the message names that rank.
+
+    ``rank`` is the rank to blame, ``kind`` one of ``"raised"``, ``"died"``, ``"not responding"``.
+    """
+
+    def __init__(self, message: str, rank: int, kind: str) -> None:
+        super().__init__(message)
+        self.rank = rank
+        self.kind = kind
+
+
 def _join(context: mp.ProcessContext) -> None:
-    """Wait for every rank. A SIGTERM sent to this process goes on to the ranks (they checkpoint and
-    exit :data:`~tasktrain.callbacks.preemption.EXIT_PREEMPTED`), and so does their exit status."""
+    """Wait for every rank; when one fails, name the rank to blame and leave none running.
+
+    A SIGTERM sent to this process goes on to the ranks (they checkpoint and exit
+    :data:`~tasktrain.callbacks.preemption.EXIT_PREEMPTED`), and so does their exit status.
+    When a rank fails, the others get :data:`FAILURE_GRACE_S` to fail too, then are killed
+    (SIGKILL: Preemption's handler would take a SIGTERM for a request to checkpoint). The rank
+    blamed is, in order: one that raised an error of its own; one that died (a signal, or an exit
+    status without a Python error); one still running when a peer's collective failed (it hung);
+    else the first to fail.
+    """
     from tasktrain.callbacks.preemption import EXIT_PREEMPTED
 
+    forwarded: list[int] = []
+
     def forward(signum: int, frame: Any) -> None:
+        forwarded.append(signum)
         for process in context.processes:
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signum)
@@ -63,15 +100,100 @@ def _join(context: mp.ProcessContext) -> None:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, forward) if in_main_thread else None
     try:
-        while not context.join():
-            pass
-    except mp.ProcessExitedException as error:
-        if error.exit_code == EXIT_PREEMPTED:
-            raise SystemExit(EXIT_PREEMPTED) from None
-        raise
+        failure = _wait_for_all_or_a_failure(context.processes)
+        if failure is None:
+            return
+        failed_at, code = failure
+        # A preempted rank exits after the others finished the same checkpoint: give them time to follow.
+        grace = PREEMPTED_GRACE_S if code == EXIT_PREEMPTED else FAILURE_GRACE_S
+        hung = _reap(context.processes, failed_at + grace)
+        _raise_failure(context, hung, preempting=bool(forwarded))
     finally:
+        for process in context.processes:  # whatever happened here, no rank outlives the launcher
+            if process.is_alive():
+                process.kill()
+                process.join()
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _wait_for_all_or_a_failure(processes: list[Any]) -> tuple[float, int] | None:
+    """None when every rank exited 0; else when the first failure was seen, and its exit status."""
+    running = {process.sentinel: process for process in processes}
+    while running:
+        for sentinel in multiprocessing.connection.wait(list(running)):
+            process = running.pop(sentinel)
+            process.join()
+            if process.exitcode != 0:
+                return time.monotonic(), process.exitcode
+    return None
+
+
+def _reap(processes: list[Any], deadline: float) -> set[int]:
+    """Wait until ``deadline`` for the ranks still running to end, then kill them; return those killed."""
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    hung = {rank for rank, process in enumerate(processes) if process.is_alive()}
+    for rank in hung:
+        processes[rank].kill()
+        processes[rank].join()
+    return hung
+
+
+def _raise_failure(context: mp.ProcessContext, hung: set[int], preempting: bool) -> None:
+    from tasktrain.callbacks.preemption import EXIT_PREEMPTED
+
+    codes = {rank: p.exitcode for rank, p in enumerate(context.processes) if rank not in hung}
+    errors = {rank: _read_error(context.error_files[rank]) for rank in codes}
+    failed = {rank: code for rank, code in codes.items() if code != 0}
+    stopped = (EXIT_PREEMPTED, -signal.SIGTERM) if preempting else (EXIT_PREEMPTED,)
+    if not hung and all(code in stopped for code in failed.values()):
+        raise SystemExit(EXIT_PREEMPTED)
+    own = [r for r in failed if errors[r] and not _COLLECTIVE_FAILURE.search(errors[r] or "")]
+    died = [r for r in failed if not errors[r] and failed[r] != EXIT_PREEMPTED]
+    others = "".join(
+        f"\n\n-- rank {r} (exit status {failed[r]}) failed as a consequence:\n{errors[r]}"
+        for r in failed
+        if errors[r] and r not in own
+    )
+    if own:
+        rank = own[0]
+        raise RankFailedError(
+            f"rank {rank} failed:\n\n-- rank {rank}'s error:\n{errors[rank]}{others}", rank, "raised"
+        )
+    if died:
+        rank = died[0]
+        raise RankFailedError(f"rank {rank} died ({_describe_exit(failed[rank])}){others}", rank, "died")
+    if hung:
+        rank = min(hung)
+        names = " and ".join(f"rank {r}" for r in sorted(hung))
+        peers = " and ".join(f"rank {r}" for r in sorted(failed))
+        raise RankFailedError(
+            f"rank {rank} stopped responding: {names} still ran {FAILURE_GRACE_S:.0f} s after the collective of "
+            f"{peers} failed (the strategy's timeout ran out waiting), and was killed{others}",
+            rank,
+            "not responding",
+        )
+    rank = min(failed)
+    raise RankFailedError(f"rank {rank} failed ({_describe_exit(failed[rank])}){others}", rank, "raised")
+
+
+def _read_error(path: str | None) -> str | None:
+    """The traceback torch's process wrapper wrote for a rank that raised (None: it did not raise)."""
+    if path is None or not os.access(path, os.R_OK) or os.path.getsize(path) == 0:
+        return None
+    with open(path, "rb") as f:
+        text: str = pickle.load(f)  # written by torch's spawn wrapper in our own child process
+    return text
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
 
 
 def _worker(rank: int, payload: str, env: dict[str, str], nprocs: int, tmp: str) -> None:
