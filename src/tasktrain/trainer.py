@@ -454,9 +454,12 @@ class Trainer:
         if self.args.deterministic:
             torch.use_deterministic_algorithms(True)
         self.state.stage = stage
-        path = self._attach(module, stage, ckpt_path)
+        if stage == "fit":  # from the very start: a SIGTERM during set-up or restore is not lost
+            for callback in self.callbacks:
+                if isinstance(callback, Preemption):
+                    callback.arm()
         try:
-            yield path
+            yield self._attach(module, stage, ckpt_path)
         except BaseException as error:
             self._call("on_exception", error)
             raise

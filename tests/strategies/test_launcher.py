@@ -308,3 +308,45 @@ def test_a_hung_or_dead_rank_is_named_within_the_timeout_and_no_rank_is_left(tmp
     assert elapsed < 40, f"reported after {elapsed:.0f} s"
     assert "rank 0" in str(info.value)  # the healthy rank's collective error comes along, as a consequence
     assert _spawned_ranks() == []
+
+
+STARTUP_SCRIPT = """
+import os, signal, sys, time
+sys.path.insert(0, {tests!r})
+from torch.utils.data import DataLoader
+import tasktrain as tt
+import _dist_workers as workers
+
+
+class SignalsWhileBuilding(workers.ItemNet):
+    def configure_model(self):
+        if self.trainer.strategy.global_rank == 0:
+            os.kill(os.getppid(), signal.SIGTERM)  # the scheduler signals the job while it starts
+            time.sleep(2)  # the launcher forwards it to both ranks, still setting up
+
+
+if __name__ == "__main__":
+    trainer = tt.Trainer(
+        strategy="ddp", devices=2, accelerator="cpu", max_steps=10**6, default_root_dir=sys.argv[1],
+        logger=False, enable_progress_bar=False,
+    )
+    trainer.fit(SignalsWhileBuilding(), DataLoader(workers.item_data(), batch_size=2), ckpt_path="auto")
+"""
+
+
+def test_sigterm_while_the_ranks_set_up_exits_99_with_nothing_to_save(tmp_path):
+    import subprocess
+    import sys
+
+    from tasktrain.callbacks import EXIT_PREEMPTED
+    from tasktrain.checkpoint import find_last
+
+    script = tmp_path / "job.py"
+    script.write_text(STARTUP_SCRIPT.format(tests=str(Path(__file__).parent)))
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "run")], capture_output=True, timeout=300
+    )
+    assert done.returncode == EXIT_PREEMPTED, done.stderr.decode()[-3000:]
+    assert (
+        find_last(str(tmp_path / "run")) is None
+    )  # a fresh run stopped before its first step: nothing to save

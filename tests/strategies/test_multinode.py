@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 import _dist_checks as checks
+import torch
 from _launch import JOB, Job, clean_env, torchrun_command, wait_all
 from safetensors.torch import load_file
 
@@ -64,3 +65,36 @@ def test_num_nodes_that_differs_from_the_launched_nodes_names_both(tmp_path):
     agent = Job.start(command, tmp_path / "agent.log", clean_env())
     assert wait_all([agent], timeout=120) != [0]
     assert "Trainer(num_nodes=2) but this job was launched on 1 node(s)" in agent.output
+
+
+def test_torchrun_restarts_a_job_whose_rank_died_and_auto_resumes_it_exactly(tmp_path):
+    """Rank 1 is SIGKILLed after step 4 of the first attempt; torchrun restarts both ranks and
+    ``ckpt_path="auto"`` (the same command line) resumes from step 4 to the end of the run."""
+
+    def job(name: str, *extra: str) -> tuple[Job, str]:
+        out = str(tmp_path / f"{name}.safetensors")
+        args = (
+            str(tmp_path / name),
+            out,
+            "--every",
+            "1",
+            "--ckpt-path",
+            "auto",
+            "--optimizer",
+            "adamw",
+            *extra,
+        )
+        options = ("--max-restarts=2", "--monitor-interval=0.5")
+        command = torchrun_command(0, free_port(), *args, nnodes=1, nproc=2, options=options)
+        return Job.start(command, tmp_path / f"{name}.log", clean_env()), out
+
+    straight, straight_out = job("straight")
+    assert wait_all([straight], timeout=240) == [0], straight.output
+    restarted, restarted_out = job("restarted", "--kill-at", "4")
+    assert wait_all([restarted], timeout=300) == [0], restarted.output
+    assert "resuming from" in restarted.output and "step=00000004" in restarted.output
+    expected, actual = load_file(straight_out), load_file(restarted_out)
+    assert sorted(actual) == sorted(expected)
+    assert all(torch.equal(actual[k], expected[k]) for k in expected), (
+        "weights differ from the uninterrupted run"
+    )

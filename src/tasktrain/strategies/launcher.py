@@ -17,7 +17,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -45,10 +46,12 @@ def spawn(fn: Callable[..., dict[str, Any]], args: tuple[Any, ...], nprocs: int)
         with open(payload, "wb") as f:
             pickle.dump((fn, args), f)
         env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(nprocs)}
-        context = mp.start_processes(
-            _worker, args=(payload, env, nprocs, tmp), nprocs=nprocs, join=False, start_method="spawn"
-        )
-        _join(context)
+        with _forwarding(signal.SIGTERM) as forwarder:
+            context = mp.start_processes(
+                _worker, args=(payload, env, nprocs, tmp), nprocs=nprocs, join=False, start_method="spawn"
+            )
+            forwarder.attach(context.processes)
+            _join(context, preempting=lambda: bool(forwarder.received))
         result: dict[str, Any] = torch.load(os.path.join(tmp, _RESULT), weights_only=True)
     return result
 
@@ -76,11 +79,46 @@ class RankFailedError(RuntimeError):
         self.kind = kind
 
 
-def _join(context: mp.ProcessContext) -> None:
+class _Forwarder:
+    """Sends a signal this process receives on to the ranks (also one that came while they started)."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.processes: list[Any] = []
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.received.append(signum)
+        self._send(signum)
+
+    def attach(self, processes: list[Any]) -> None:
+        self.processes = processes
+        for signum in self.received[-1:]:  # arrived while the ranks were being started
+            self._send(signum)
+
+    def _send(self, signum: int) -> None:
+        for process in self.processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signum)
+
+
+@contextmanager
+def _forwarding(sig: signal.Signals) -> Iterator[_Forwarder]:
+    """While the ranks run, ``sig`` sent to this process goes on to them (main thread only)."""
+    forwarder = _Forwarder()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(sig, forwarder) if in_main_thread else None
+    try:
+        yield forwarder
+    finally:
+        if in_main_thread:
+            signal.signal(sig, previous)
+
+
+def _join(context: mp.ProcessContext, preempting: Callable[[], bool] = lambda: False) -> None:
     """Wait for every rank; when one fails, name the rank to blame and leave none running.
 
-    A SIGTERM sent to this process goes on to the ranks (they checkpoint and exit
-    :data:`~tasktrain.callbacks.preemption.EXIT_PREEMPTED`), and so does their exit status.
+    Ranks asked to stop (a SIGTERM forwarded to them: they checkpoint and exit
+    :data:`~tasktrain.callbacks.preemption.EXIT_PREEMPTED`) make this process exit 99 too.
     When a rank fails, the others get :data:`FAILURE_GRACE_S` to fail too, then are killed
     (SIGKILL: Preemption's handler would take a SIGTERM for a request to checkpoint). The rank
     blamed is, in order: one that raised an error of its own; one that died (a signal, or an exit
@@ -89,16 +127,6 @@ def _join(context: mp.ProcessContext) -> None:
     """
     from tasktrain.callbacks.preemption import EXIT_PREEMPTED
 
-    forwarded: list[int] = []
-
-    def forward(signum: int, frame: Any) -> None:
-        forwarded.append(signum)
-        for process in context.processes:
-            if process.is_alive() and process.pid is not None:
-                os.kill(process.pid, signum)
-
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, forward) if in_main_thread else None
     try:
         failure = _wait_for_all_or_a_failure(context.processes)
         if failure is None:
@@ -107,14 +135,12 @@ def _join(context: mp.ProcessContext) -> None:
         # A preempted rank exits after the others finished the same checkpoint: give them time to follow.
         grace = PREEMPTED_GRACE_S if code == EXIT_PREEMPTED else FAILURE_GRACE_S
         hung = _reap(context.processes, failed_at + grace)
-        _raise_failure(context, hung, preempting=bool(forwarded))
+        _raise_failure(context, hung, preempting=preempting())
     finally:
         for process in context.processes:  # whatever happened here, no rank outlives the launcher
             if process.is_alive():
                 process.kill()
                 process.join()
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def _wait_for_all_or_a_failure(processes: list[Any]) -> tuple[float, int] | None:
@@ -197,6 +223,9 @@ def _describe_exit(code: int) -> str:
 
 
 def _worker(rank: int, payload: str, env: dict[str, str], nprocs: int, tmp: str) -> None:
+    from tasktrain.callbacks.preemption import catch_early_signals
+
+    catch_early_signals()  # a SIGTERM before fit's Preemption is armed still ends in a clean exit 99
     os.environ.update(env, RANK=str(rank), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(nprocs))
     # N processes on N cores: the default thread count oversubscribes and runs many times slower.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // nprocs))
