@@ -462,6 +462,9 @@ class Trainer:
             yield self._attach(module, stage, ckpt_path)
         except BaseException as error:
             self._call("on_exception", error)
+            explained = self.strategy.explain_failure(error)  # e.g. which rank made a collective time out
+            if explained is not None:
+                raise explained from error
             raise
         finally:
             for logger in self.loggers:

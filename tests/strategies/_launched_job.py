@@ -12,6 +12,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -23,6 +24,17 @@ from torch.utils.data import DataLoader
 
 import tasktrain as tt
 from tasktrain.callbacks import Callback, ModelCheckpoint
+
+
+class HangRankOne(Callback):
+    """Rank 1 stops responding (sleeps in this hook, outside any collective) after step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_step_end(self, trainer, module):
+        if trainer.strategy.global_rank == 1 and trainer.state.global_step == self.step:
+            time.sleep(10**6)
 
 
 class KillRankOne(Callback):
@@ -45,6 +57,7 @@ def main() -> None:
     parser.add_argument("--ckpt-path", default=None)
     parser.add_argument("--kill-at", type=int, default=None)
     parser.add_argument("--every", type=int, default=None)
+    parser.add_argument("--hang-at", type=int, default=None)
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--optimizer", default="sgd")
     args = parser.parse_args()
@@ -56,6 +69,8 @@ def main() -> None:
         callbacks.append(ModelCheckpoint(every_n_train_steps=args.every, keep_last=2))
     if args.kill_at is not None:
         callbacks.append(KillRankOne(args.kill_at))
+    if args.hang_at is not None:
+        callbacks.append(HangRankOne(args.hang_at))
     trainer = tt.Trainer(
         strategy=tt.strategies.DDP(accelerator="cpu", timeout=args.timeout),
         num_nodes=args.num_nodes,

@@ -4,6 +4,8 @@ given to two plain processes; both train exactly as one process on the global ba
 from __future__ import annotations
 
 import sys
+import time
+from pathlib import Path
 
 import _dist_checks as checks
 import torch
@@ -98,3 +100,34 @@ def test_torchrun_restarts_a_job_whose_rank_died_and_auto_resumes_it_exactly(tmp
     assert all(torch.equal(actual[k], expected[k]) for k in expected), (
         "weights differ from the uninterrupted run"
     )
+
+
+def _job_processes(marker: str) -> list[int]:
+    """Processes whose command line mentions ``marker`` (this test's run directory), from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_under_torchrun_a_hung_rank_is_named_by_the_rank_whose_collective_timed_out(tmp_path):
+    run = str(tmp_path / "hung")
+    args = (run, str(tmp_path / "w"), "--hang-at", "2", "--timeout", "10")
+    command = torchrun_command(0, free_port(), *args, nnodes=1, nproc=2)
+    start = time.monotonic()
+    agent = Job.start(command, tmp_path / "agent.log", clean_env())
+    (code,) = wait_all([agent], timeout=120)
+    elapsed = time.monotonic() - start
+    assert code not in (0, None), agent.output
+    assert elapsed < 40, f"torchrun ended after {elapsed:.0f} s"
+    assert (
+        "CollectiveError: rank 0's collective failed because another rank did not take part: rank 1 ("
+        in agent.output
+    )
+    assert "was not in a collective but in on_train_step_end (_launched_job.py:" in agent.output
+    assert _job_processes(run) == []

@@ -57,6 +57,10 @@ class DDP(ParallelStrategy):
         self.model = DistributedDataParallel(_StepRouter(module), device_ids=device_ids, **self.ddp_kwargs)
         return module
 
+    def teardown(self) -> None:
+        self.model = None  # the wrapper's reducer holds the process group: it goes first
+        super().teardown()
+
     def _call_step(self, step: Callable[[Any, int], Any], batch: Any, batch_idx: int) -> Any:
         assert self.model is not None
         if not self.model.module.module.training:  # evaluation: no gradients, no DDP bookkeeping

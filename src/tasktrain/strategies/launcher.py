@@ -10,7 +10,6 @@ from __future__ import annotations
 import multiprocessing.connection
 import os
 import pickle
-import re
 import signal
 import socket
 import sys
@@ -23,6 +22,8 @@ from typing import Any
 
 import torch
 import torch.multiprocessing as mp
+
+from tasktrain.strategies.heartbeat import COLLECTIVE_FAILURE
 
 _RESULT = "result.pt"
 _PAYLOAD = "payload.pkl"
@@ -60,11 +61,6 @@ def spawn(fn: Callable[..., dict[str, Any]], args: tuple[Any, ...], nprocs: int)
 #: follows within a second or two) before the launcher kills them and names the ones still running.
 FAILURE_GRACE_S = 5.0
 PREEMPTED_GRACE_S = 60.0
-#: What the traceback of a rank whose collective failed because of another rank looks like.
-_COLLECTIVE_FAILURE = re.compile(
-    r"DistBackendError|DistNetworkError|DistStoreError|Timed out|timed out|Connection closed by peer|"
-    r"Connection reset by peer|Broken pipe|ProcessGroupGloo|ProcessGroupNCCL|gloo/transport"
-)
 
 
 class RankFailedError(RuntimeError):
@@ -175,7 +171,7 @@ def _raise_failure(context: mp.ProcessContext, hung: set[int], preempting: bool)
     stopped = (EXIT_PREEMPTED, -signal.SIGTERM) if preempting else (EXIT_PREEMPTED,)
     if not hung and all(code in stopped for code in failed.values()):
         raise SystemExit(EXIT_PREEMPTED)
-    own = [r for r in failed if errors[r] and not _COLLECTIVE_FAILURE.search(errors[r] or "")]
+    own = [r for r in failed if errors[r] and not COLLECTIVE_FAILURE.search(errors[r] or "")]
     died = [r for r in failed if not errors[r] and failed[r] != EXIT_PREEMPTED]
     others = "".join(
         f"\n\n-- rank {r} (exit status {failed[r]}) failed as a consequence:\n{errors[r]}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import gc
 from datetime import timedelta
 from typing import Any
 
@@ -14,6 +16,7 @@ from tasktrain.data import with_distributed_sampler
 from tasktrain.precision import Precision
 from tasktrain.strategies.base import Strategy
 from tasktrain.strategies.environment import ClusterEnvironment, detect_environment, export_environment
+from tasktrain.strategies.heartbeat import COLLECTIVE_FAILURE, Heartbeat
 from tasktrain.strategies.launcher import free_port
 
 DEFAULT_TIMEOUT = timedelta(minutes=10)
@@ -47,6 +50,10 @@ def as_timeout(owner: str, value: float | timedelta) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+class CollectiveError(RuntimeError):
+    """A collective failed because another rank did not take part; the message names that rank."""
+
+
 class ParallelStrategy(Strategy):
     """Base for strategies over a process group: rank bookkeeping, process-group setup, collectives.
 
@@ -73,6 +80,7 @@ class ParallelStrategy(Strategy):
         self._num_processes = num_processes
         self.accelerator = accelerator
         self.timeout = as_timeout(type(self).__name__, timeout)
+        self._heartbeat: Heartbeat | None = None
 
     @property
     def environment(self) -> ClusterEnvironment:
@@ -121,12 +129,40 @@ class ParallelStrategy(Strategy):
                 world_size=self.world_size,
                 timeout=self.timeout,
             )
+            if env.launched and self.world_size > 1 and env.master_port is not None:
+                self._heartbeat = Heartbeat.start(
+                    self.global_rank, self.world_size, env.master_addr, env.master_port
+                )
+            # What we created goes at exit, in order (heartbeat, then group), also when the script
+            # never calls teardown: left to interpreter shutdown, the group's threads may abort it.
+            atexit.register(self.teardown)
         rank_zero_only.rank = self.global_rank  # type: ignore[attr-defined]
         self.precision.setup(self.root_device)
 
     def teardown(self) -> None:
+        if self._heartbeat is not None:  # before the group: it writes to the group's store
+            self._heartbeat.stop()
+            self._heartbeat = None
         if dist.is_initialized():
+            gc.collect()  # wrappers and meshes that referenced the group, before the group itself
             dist.destroy_process_group()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_heartbeat"] = None  # a thread and a connection of this process: not for another one
+        return state
+
+    def explain_failure(self, error: BaseException) -> BaseException | None:
+        """A collective that failed because of another rank: an error naming that rank (from the heartbeats)."""
+        if self._heartbeat is None or not COLLECTIVE_FAILURE.search(f"{type(error).__name__}: {error}"):
+            return None
+        blame = self._heartbeat.blame()
+        if blame is None:
+            return None
+        return CollectiveError(
+            f"rank {self.global_rank}'s collective failed because another rank did not take part: {blame}. "
+            f"The collective's own error: {type(error).__name__}: {error}"
+        )
 
     # -- collectives -----------------------------------------------------------------------------
     def reduce(self, tensor: Tensor, op: str = "mean", data_parallel: bool = False) -> Tensor:
