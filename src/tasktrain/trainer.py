@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from tasktrain.callbacks import Callback, ModelCheckpoint, Preemption, ProgressBar
 from tasktrain.callbacks.checkpoint import best_checkpoint_path, monitoring_checkpoint
 from tasktrain.checkpoint import manager
+from tasktrain.checkpoint.background import BackgroundWriter
 from tasktrain.compile import apply_compile
 from tasktrain.data import gather_predictions, sampler_generator, shard_for_prediction
 from tasktrain.log_buffer import LogBuffer
@@ -158,6 +159,7 @@ class Trainer:
         self._optim: OptimizerSetup | None = None
         self._per_rank_batch_size: int | None = None  # of the current or last fit's training loader
         self._setup_done_for: TaskModule[Any] | None = None
+        self._background = BackgroundWriter()  # the async_save in flight, if any
 
     # -- what callbacks and users read -----------------------------------------------------------
     @property
@@ -330,6 +332,7 @@ class Trainer:
             self.fit_loop.run(ctx)
             runtime = time.perf_counter() - start
             self._call("on_fit_end")
+            self._background.wait()  # fit returns with every checkpoint it wrote complete
             done = (self.state.global_step, self.samples_seen, self.items_seen)
             return self._fit_result(runtime, *(now - then for now, then in zip(done, before, strict=True)))
 
@@ -386,13 +389,22 @@ class Trainer:
             )
             return gather_predictions(self.predict_loop.run(self._context(module), loader), shard, strategy)
 
-    def save_checkpoint(self, path: str, max_shard_bytes: int | None = None) -> None:
+    def save_checkpoint(
+        self, path: str, max_shard_bytes: int | None = None, async_save: bool = False
+    ) -> None:
         """Save everything needed to resume exactly to the directory ``path`` (local path or URL).
 
         Weights larger than ``max_shard_bytes`` (default 2 GiB) are split into safetensors shards.
+        ``async_save=True`` returns once the tensors are copied off the training path; a
+        background thread writes the files (the checkpoint appears, complete, when it is done).
+        At most one save is in flight; ``fit`` waits for it before it returns, and so does
+        :meth:`wait_for_checkpoint`. Sharded checkpoints (FSDP/TP ``checkpoint="sharded"``) are
+        written synchronously.
 
         Example:
-            >>> trainer.save_checkpoint("runs/checkpoints/manual")  # doctest: +SKIP
+            >>> trainer.save_checkpoint("runs/checkpoints/manual")                    # doctest: +SKIP
+            >>> trainer.save_checkpoint("runs/checkpoints/bg", async_save=True)     # doctest: +SKIP
+            >>> trainer.wait_for_checkpoint()                                         # doctest: +SKIP
         """
         module = self._require_module("save_checkpoint")
         metadata = {
@@ -409,7 +421,14 @@ class Trainer:
             metadata,
             on_save=lambda checkpoint: self._call("on_save_checkpoint", checkpoint),
             max_shard_bytes=max_shard_bytes,
+            background=self._background if async_save else None,
         )
+        if not async_save:
+            self._background.wait()  # keeps save order: an earlier background save is committed too
+
+    def wait_for_checkpoint(self) -> None:
+        """Block until the background save in flight (``async_save=True``) is complete; raise its error."""
+        self._background.wait()
 
     # -- internals -------------------------------------------------------------------------------
     def _states(self) -> dict[str, Stateful]:

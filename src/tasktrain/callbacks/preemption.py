@@ -147,6 +147,7 @@ class Preemption(Callback):
             trainer.save_checkpoint(
                 f"{trainer.default_root_dir}/checkpoints/step={trainer.state.global_step:08d}"
             )
+        trainer.wait_for_checkpoint()  # an async_save is complete before the process exits
         self._exit(trainer)
 
     def _exit(self, trainer: Trainer) -> None:

@@ -20,6 +20,7 @@ from torch.optim import Optimizer
 
 from tasktrain import __version__
 from tasktrain.checkpoint import codec, legacy
+from tasktrain.checkpoint.background import BackgroundWriter, detached_copy
 from tasktrain.checkpoint.format import (
     CheckpointError,
     check_fits,
@@ -126,11 +127,14 @@ def save(
     metadata: Mapping[str, Any],
     on_save: Callable[[Captured], None] | None = None,
     max_shard_bytes: int | None = None,
+    background: BackgroundWriter | None = None,
 ) -> None:
     """Write everything needed to resume to the directory ``path``; every rank must call this.
 
     ``metadata`` (step, epoch, hparams) is written for readers and never loaded into an object.
-    ``on_save`` sees the captured states first and may add entries of its own.
+    ``on_save`` sees the captured states first and may add entries of its own. With a
+    ``background`` writer, full (non-sharded) checkpoints are copied off the training path and
+    written by rank 0's background thread (one save in flight); sharded ones are written now.
     """
     captured = {name: state.state_dict() for name, state in states.items()}
     if on_save is not None:
@@ -145,6 +149,17 @@ def save(
         "versions": {"tasktrain": __version__, "torch": torch.__version__},
         "strategy": {"name": strategy.name, "world_size": strategy.world_size},
     }
+    if background is not None and not model.sharded:
+        if strategy.is_global_zero:  # rank 0 writes every file of a full checkpoint: no collective after this
+            _submit(
+                background,
+                path,
+                detached_copy(model),
+                detached_copy(per_rank),
+                trainer_state,
+                max_shard_bytes,
+            )
+        return
     writer = open_checkpoint(path, trainer_state) if strategy.is_global_zero else None
     with writer or nullcontext():
         if model.sharded:  # every rank writes its shards into rank 0's (temporary) directory
@@ -164,6 +179,32 @@ def save(
                 **({} if max_shard_bytes is None else {"max_shard_bytes": max_shard_bytes}),
             )
     strategy.barrier()
+
+
+def _submit(
+    background: BackgroundWriter,
+    path: str,
+    model: ModelState,
+    per_rank: Sequence[tuple[dict[str, Any], dict[str, Tensor]]],
+    trainer_state: dict[str, Any],
+    max_shard_bytes: int | None,
+) -> None:
+    """Hand a full checkpoint, already copied off the training path, to the background thread."""
+
+    def write() -> None:
+        state_tensors, state_metadata = _rank_states(per_rank)
+        with open_checkpoint(path, trainer_state) as writer:  # manifest last, then renamed into place
+            write_checkpoint(
+                writer,
+                model.model,
+                model.optimizers,
+                {**trainer_state, "states": per_rank[0][0]},
+                state_tensors,
+                state_metadata,
+                **({} if max_shard_bytes is None else {"max_shard_bytes": max_shard_bytes}),
+            )
+
+    background.submit(path, write)
 
 
 def load(
