@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+import _preflight_workers as workers
 import tasktrain as tt
 from tasktrain.callbacks import Callback, ModelCheckpoint
 from tasktrain.checkpoint import find_last, is_complete, read_state
@@ -193,3 +194,24 @@ def test_kill_9_during_a_background_write_leaves_last_at_the_previous_checkpoint
     assert last == str(tmp_path / "run" / "checkpoints" / "step=00000002")
     verify(last)
     assert _fit(tmp_path / "run", async_save=True, max_steps=4, ckpt_path="last") is not None
+
+
+def test_under_ddp_rank_zero_writes_in_the_background_and_the_files_match_a_synchronous_save(tmp_path):
+    for kind in ("sync", "async"):
+        torch.manual_seed(0)
+        trainer = tt.Trainer(
+            strategy="ddp",
+            devices=2,
+            accelerator="cpu",
+            max_steps=4,
+            seed=0,
+            logger=False,
+            enable_progress_bar=False,
+            default_root_dir=tmp_path / kind,
+            callbacks=[ModelCheckpoint(every_n_train_steps=2, keep_last=None, async_save=kind == "async")],
+        )
+        trainer.fit(workers.Net(), workers.loader())  # importable by the spawned ranks
+    for name in ("step=00000002", "step=00000004"):
+        sync, background = (tmp_path / kind / "checkpoints" / name for kind in ("sync", "async"))
+        verify(str(background))
+        assert _files(background, tmp_path / "async") == _files(sync, tmp_path / "sync"), name
