@@ -473,10 +473,6 @@ class Trainer:
         if self.args.deterministic:
             torch.use_deterministic_algorithms(True)
         self.state.stage = stage
-        if stage == "fit":  # from the very start: a SIGTERM during set-up or restore is not lost
-            for callback in self.callbacks:
-                if isinstance(callback, Preemption):
-                    callback.arm()
         try:
             yield self._attach(module, stage, ckpt_path)
         except BaseException as error:
@@ -501,6 +497,10 @@ class Trainer:
         first = self._setup_done_for is not module
         if first:
             self.strategy.setup_environment()
+        if stage == "fit":  # a SIGTERM from here on (preflight, model set-up, restore) is not lost
+            for callback in self.callbacks:
+                if isinstance(callback, Preemption):
+                    callback.arm()
         # Before any collective of the strategy's own: ranks that disagree fail here, in seconds.
         path = preflight(
             self.strategy, self.args, module, ckpt_path, self.default_root_dir, f"Trainer.{stage}"

@@ -159,7 +159,7 @@ def test_preemption_waits_for_the_background_save_before_exiting(tmp_path):
 
 SLOW_DISK = """
 import sys, time
-sys.path.insert(0, {tests!r})
+sys.path[:0] = [{tests!r}, {shared!r}]
 import tasktrain.checkpoint.manager as manager
 from test_background import _fit
 from pathlib import Path
@@ -179,7 +179,7 @@ _fit(Path(sys.argv[1]), async_save=True, max_steps=4)
 
 def test_kill_9_during_a_background_write_leaves_last_at_the_previous_checkpoint(tmp_path):
     script, marker = tmp_path / "job.py", tmp_path / "marker"
-    script.write_text(SLOW_DISK.format(tests=str(Path(__file__).parent)))
+    script.write_text(SLOW_DISK.format(tests=str(Path(__file__).parent), shared=str(Path(__file__).parents[1])))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
     job = subprocess.Popen([sys.executable, str(script), str(tmp_path / "run"), str(marker)], env=env)
     try:

@@ -31,6 +31,34 @@ def test_two_torchrun_agents_with_num_nodes_2_match_one_process_on_the_global_ba
     checks.assert_weights_close(load_file(out), weights, atol=1e-6)
 
 
+def test_two_torchrun_agents_of_two_processes_match_one_process_on_the_global_batch(tmp_path):
+    """A world of 4: each optimizer step covers 2 per rank x 2 micro-batches x 4 ranks = 16 samples."""
+    from _dist_workers import (
+        ACCUMULATE,
+        CONFORMANCE_EPOCHS,
+        PER_RANK_BATCH,
+        initial_weights,
+        item_data,
+        reference_fit,
+    )
+
+    weights, _ = reference_fit(
+        initial_weights(0), item_data(), PER_RANK_BATCH * ACCUMULATE * 4, CONFORMANCE_EPOCHS
+    )
+    port, out = free_port(), str(tmp_path / "weights.safetensors")
+    agents = [
+        Job.start(
+            torchrun_command(node, port, str(tmp_path / "run"), out, "--num-nodes", "2", nproc=2),
+            tmp_path / f"agent{node}.log",
+            clean_env(),
+        )
+        for node in (0, 1)
+    ]
+    codes = wait_all(agents, timeout=240)
+    assert codes == [0, 0], "\n".join(a.output for a in agents)
+    checks.assert_weights_close(load_file(out), weights, atol=1e-6)
+
+
 def test_srun_variables_without_torchrun_form_one_world_and_match_one_process(tmp_path):
     weights, _ = checks.reference()
     port, out = str(free_port()), str(tmp_path / "weights.safetensors")
@@ -86,8 +114,16 @@ def test_torchrun_restarts_a_job_whose_rank_died_and_auto_resumes_it_exactly(tmp
             "adamw",
             *extra,
         )
-        options = ("--max-restarts=2", "--monitor-interval=0.5")
-        command = torchrun_command(0, free_port(), *args, nnodes=1, nproc=2, options=options)
+        # The c10d rendezvous (as --standalone uses): every restart forms a fresh round.
+        port = free_port()
+        options = (
+            "--max-restarts=2",
+            "--monitor-interval=0.5",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint=127.0.0.1:{port}",
+            f"--rdzv-id={name}",
+        )
+        command = torchrun_command(0, port, *args, nnodes=1, nproc=2, options=options)
         return Job.start(command, tmp_path / f"{name}.log", clean_env()), out
 
     straight, straight_out = job("straight")

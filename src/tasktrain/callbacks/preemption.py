@@ -44,10 +44,11 @@ class Preemption(Callback):
     """Turn a termination signal into: finish the current optimizer step, checkpoint, exit ``exit_code``.
 
     Installed by default when checkpointing is enabled. The handlers are active only while
-    ``fit`` runs (and only in the main thread), from its very start: a signal during set-up or
-    checkpoint restore ends the fit when training would start, with ``exit_code`` and without a
-    new checkpoint when there is nothing new to save (the run is where it started or was
-    restored from). The previous handlers are restored afterwards. The next
+    ``fit`` runs (and only in the main thread), from the moment the process group is up: a signal
+    during the rest of set-up or checkpoint restore ends the fit when training would start, with
+    ``exit_code`` and without a new checkpoint when there is nothing new to save (the run is
+    where it started or was restored from). While the process group forms, the default action
+    stays: a rank stuck connecting to its peers must remain killable by the launcher. The previous handlers are restored afterwards. The next
     ``fit(ckpt_path="auto")`` resumes exactly.
 
     Args:
@@ -81,7 +82,7 @@ class Preemption(Callback):
         self._restored_step: int | None = None
 
     def arm(self) -> None:
-        """Install the handlers now (the Trainer calls it as ``fit`` starts, before set-up and restore).
+        """Install the handlers now (the Trainer calls it once the process group is up, before the restore).
 
         A signal recorded earlier by :func:`catch_early_signals` counts as received.
         """

@@ -20,7 +20,7 @@ from torch.optim import Optimizer
 
 from tasktrain import __version__
 from tasktrain.checkpoint import codec, legacy
-from tasktrain.checkpoint.background import BackgroundWriter, detached_copy
+from tasktrain.checkpoint.background import BackgroundWriter
 from tasktrain.checkpoint.format import (
     CheckpointError,
     check_fits,
@@ -151,11 +151,12 @@ def save(
     }
     if background is not None and not model.sharded:
         if strategy.is_global_zero:  # rank 0 writes every file of a full checkpoint: no collective after this
+            model, per_rank = background.stage((model, per_rank))  # once the save in flight is done
             _submit(
                 background,
                 path,
-                detached_copy(model),
-                detached_copy(per_rank),
+                model,
+                per_rank,
                 trainer_state,
                 max_shard_bytes,
             )

@@ -62,7 +62,6 @@ class Heartbeat:
         except Exception:  # no store to reach (e.g. a process group made some other way): no heartbeat
             return None
         beat = cls(store, rank, world_size, interval)
-        beat._write()
         beat._thread.start()
         return beat
 
@@ -73,10 +72,12 @@ class Heartbeat:
             self._thread.join(timeout=2 * self.interval)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while True:
             try:
                 self._write()
             except Exception:  # the store went away (rank 0 or the agent ended): nothing left to tell
+                return
+            if self._stop.wait(self.interval):
                 return
 
     def _write(self) -> None:
@@ -108,8 +109,12 @@ class Heartbeat:
                 continue
         return out
 
-    def blame(self) -> str | None:
-        """The ranks that did not take part in the failed collective, as one sentence (None: no one to name)."""
+    def blame(self, peer_closed: bool = False) -> str | None:
+        """The ranks that did not take part in the failed collective, as one sentence (None: no one to name).
+
+        ``peer_closed``: the collective failed because a connection closed (a peer died); every
+        other rank's last position is listed, since a rank that just died still looks fresh.
+        """
         now = time.time()
         stale_after = 3 * self.interval + 1.0
         suspects = []
@@ -120,6 +125,13 @@ class Heartbeat:
                 suspects.append(
                     f"{who} stopped responding {age:.0f} s ago (dead or frozen), last in {record['where']}"
                 )
+            elif peer_closed:
+                suspects.append(f"{who} was last seen {age:.1f} s ago in {record['where']}")
             elif not record["in_torch"]:
                 suspects.append(f"{who} was not in a collective but in {record['where']} ({age:.1f} s ago)")
+        if peer_closed and suspects:
+            return (
+                "a peer's connection closed (it probably died; its own exit status says how): "
+                + "; ".join(suspects)
+            )
         return "; ".join(suspects) or None

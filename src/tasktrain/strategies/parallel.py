@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import gc
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -48,6 +49,9 @@ def as_timeout(owner: str, value: float | timedelta) -> timedelta:
             f"{owner}(timeout={value!r}): accepted values are seconds (a number > 0) or a timedelta"
         )
     return timedelta(seconds=seconds)
+
+
+_PEER_CLOSED = re.compile(r"Connection (closed|reset) by peer|Broken pipe")
 
 
 class CollectiveError(RuntimeError):
@@ -156,7 +160,7 @@ class ParallelStrategy(Strategy):
         """A collective that failed because of another rank: an error naming that rank (from the heartbeats)."""
         if self._heartbeat is None or not COLLECTIVE_FAILURE.search(f"{type(error).__name__}: {error}"):
             return None
-        blame = self._heartbeat.blame()
+        blame = self._heartbeat.blame(peer_closed=bool(_PEER_CLOSED.search(str(error))))
         if blame is None:
             return None
         return CollectiveError(
