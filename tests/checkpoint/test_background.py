@@ -179,7 +179,9 @@ _fit(Path(sys.argv[1]), async_save=True, max_steps=4)
 
 def test_kill_9_during_a_background_write_leaves_last_at_the_previous_checkpoint(tmp_path):
     script, marker = tmp_path / "job.py", tmp_path / "marker"
-    script.write_text(SLOW_DISK.format(tests=str(Path(__file__).parent), shared=str(Path(__file__).parents[1])))
+    script.write_text(
+        SLOW_DISK.format(tests=str(Path(__file__).parent), shared=str(Path(__file__).parents[1]))
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
     job = subprocess.Popen([sys.executable, str(script), str(tmp_path / "run"), str(marker)], env=env)
     try:
