@@ -84,16 +84,11 @@ def test_bad_argument_message(name: str, value: Any, accepted: list[str]):
         assert fragment in message, f"{fragment!r} missing from: {message}"
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "fragment"),
-    [
-        (dict(num_nodes=2), "num_nodes=2"),
-    ],
-)
-def test_planned_features_say_so(kwargs: dict[str, Any], fragment: str):
-    with pytest.raises(NotImplementedError, match="not implemented yet") as info:
-        tt.Trainer(**QUIET, **kwargs)
-    assert fragment in str(info.value)
+def test_num_nodes_without_a_launcher_gives_the_command_to_use(monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(ValueError, match=r"num_nodes=2.*torchrun --nnodes=2.*srun --nodes=2"):
+        tt.Trainer(**QUIET, num_nodes=2)
 
 
 def test_unknown_strategy_lists_available():

@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader
 from tasktrain.callbacks import Callback, ModelCheckpoint, Preemption, ProgressBar
 from tasktrain.callbacks.checkpoint import best_checkpoint_path, monitoring_checkpoint
 from tasktrain.checkpoint import manager
+from tasktrain.checkpoint.background import BackgroundWriter
 from tasktrain.checkpoint.errors import CheckpointError
-from tasktrain.checkpoint.manager import resolve_ckpt_path
 from tasktrain.compile import apply_compile
 from tasktrain.data import gather_predictions, sampler_generator, shard_for_prediction
 from tasktrain.log_buffer import LogBuffer
@@ -43,11 +43,13 @@ from tasktrain.loops.sanity import SANITY_CHECK_STAGE
 from tasktrain.module import TaskModule
 from tasktrain.optim import OptimizerSetup, SchedulerConfig, parse_optimizers
 from tasktrain.precision import build_precision
+from tasktrain.preflight import preflight
 from tasktrain.rng import ProcessRng
 from tasktrain.seed import seed_everything
 from tasktrain.state import Stateful, TrainState
 from tasktrain.strategies import DDP, SingleDevice, Strategy
 from tasktrain.strategies.base import ModelState
+from tasktrain.strategies.environment import check_num_nodes, detect_environment
 from tasktrain.strategies.launcher import spawn
 from tasktrain.strategies.single import default_device
 from tasktrain.totals import TrainTotals
@@ -159,6 +161,7 @@ class Trainer:
         self._optim: OptimizerSetup | None = None
         self._per_rank_batch_size: int | None = None  # of the current or last fit's training loader
         self._setup_done_for: TaskModule[Any] | None = None
+        self._background = BackgroundWriter()  # the async_save in flight, if any
 
     # -- what callbacks and users read -----------------------------------------------------------
     @property
@@ -309,7 +312,7 @@ class Trainer:
                 _fit_in_worker, (self, module, train_dataloaders, val_dataloaders, ckpt_path), processes
             )
             return self._adopt_worker_result(module, payload)
-        with self._run(module, "fit"):
+        with self._run(module, "fit", ckpt_path) as path:
             seed = self.args.seed or 0
             train = train_dataloaders if train_dataloaders is not None else module.train_dataloader()
             self._per_rank_batch_size = _batch_size(train)
@@ -324,8 +327,7 @@ class Trainer:
                     self.args.accumulate_grad_batches, module.default_gradient_clip_val, "norm"
                 )
             self._optim = self._setup_optimizers(module)
-            if ckpt_path is not None:
-                path = resolve_ckpt_path(ckpt_path, self.default_root_dir, self.strategy)
+            if path is not None:  # resolved and agreed by every rank in the preflight
                 saved = manager.load(path, self._states(), module, self.optimizers, self.strategy)
                 _check_scheduler_count(path, saved, len(self.lr_scheduler_configs))
                 self._call("on_load_checkpoint", saved)
@@ -341,6 +343,7 @@ class Trainer:
             self.fit_loop.run(ctx)
             runtime = time.perf_counter() - start
             self._call("on_fit_end")
+            self._background.wait()  # fit returns with every checkpoint it wrote complete
             done = (self.state.global_step, self.samples_seen, self.items_seen)
             return self._fit_result(runtime, *(now - then for now, then in zip(done, before, strict=True)))
 
@@ -387,8 +390,8 @@ class Trainer:
         if processes := self.strategy.processes_to_launch:
             payload = spawn(_call_in_worker, (self, "predict", module, dataloaders, ckpt_path), processes)
             return payload["result"]
-        with self._run(module, "predict"):
-            self._load_weights(ckpt_path)
+        with self._run(module, "predict", ckpt_path) as path:
+            self._load_weights(path)
             strategy = self.strategy
             loader, shard = shard_for_prediction(
                 dataloaders if dataloaders is not None else module.predict_dataloader(),
@@ -397,13 +400,22 @@ class Trainer:
             )
             return gather_predictions(self.predict_loop.run(self._context(module), loader), shard, strategy)
 
-    def save_checkpoint(self, path: str, max_shard_bytes: int | None = None) -> None:
+    def save_checkpoint(
+        self, path: str, max_shard_bytes: int | None = None, async_save: bool = False
+    ) -> None:
         """Save everything needed to resume exactly to the directory ``path`` (local path or URL).
 
         Weights larger than ``max_shard_bytes`` (default 2 GiB) are split into safetensors shards.
+        ``async_save=True`` returns once the tensors are copied off the training path; a
+        background thread writes the files (the checkpoint appears, complete, when it is done).
+        At most one save is in flight; ``fit`` waits for it before it returns, and so does
+        :meth:`wait_for_checkpoint`. Sharded checkpoints (FSDP/TP ``checkpoint="sharded"``) are
+        written synchronously.
 
         Example:
-            >>> trainer.save_checkpoint("runs/checkpoints/manual")  # doctest: +SKIP
+            >>> trainer.save_checkpoint("runs/checkpoints/manual")                    # doctest: +SKIP
+            >>> trainer.save_checkpoint("runs/checkpoints/bg", async_save=True)     # doctest: +SKIP
+            >>> trainer.wait_for_checkpoint()                                         # doctest: +SKIP
         """
         module = self._require_module("save_checkpoint")
         self.totals.nonfinite.raise_if_any(self.strategy, self.state.global_step)  # never save NaN weights
@@ -421,9 +433,16 @@ class Trainer:
             metadata,
             on_save=lambda checkpoint: self._call("on_save_checkpoint", checkpoint),
             max_shard_bytes=max_shard_bytes,
+            background=self._background if async_save else None,
         )
+        if not async_save:
+            self._background.wait()  # keeps save order: an earlier background save is committed too
         for logger in self.loggers:
             logger.after_save_checkpoint(path)
+
+    def wait_for_checkpoint(self) -> None:
+        """Block until the background save in flight (``async_save=True``) is complete; raise its error."""
+        self._background.wait()
 
     # -- internals -------------------------------------------------------------------------------
     def _setup_optimizers(self, module: TaskModule[Any]) -> OptimizerSetup:
@@ -468,8 +487,9 @@ class Trainer:
         return FitResult(**payload["result"])
 
     @contextmanager
-    def _run(self, module: TaskModule[Any], stage: str) -> Iterator[None]:
-        """Attach the module, set up the strategy, run, and always clean up (hooks see failures)."""
+    def _run(self, module: TaskModule[Any], stage: str, ckpt_path: str | None = None) -> Iterator[str | None]:
+        """Attach the module, set up the strategy, check the ranks agree, run, and always clean up
+        (hooks see failures). Gives ``ckpt_path`` resolved ("last", "auto": by rank 0, for all)."""
         if not isinstance(module, TaskModule):
             raise TypeError(f"Trainer.{stage}() expects a TaskModule, got {type(module).__name__}")
         if self.args.seed is not None:
@@ -478,11 +498,13 @@ class Trainer:
         if self.args.deterministic:
             torch.use_deterministic_algorithms(True)
         self.state.stage = stage
-        self._attach(module)
         try:
-            yield
+            yield self._attach(module, stage, ckpt_path)
         except BaseException as error:
             self._call("on_exception", error)
+            explained = self.strategy.explain_failure(error)  # e.g. which rank made a collective time out
+            if explained is not None:
+                raise explained from error
             raise
         finally:
             for logger in self.loggers:
@@ -491,19 +513,31 @@ class Trainer:
             module._log_buffer = None
             torch.use_deterministic_algorithms(previous_determinism)
 
-    def _attach(self, module: TaskModule[Any]) -> None:
+    def _attach(self, module: TaskModule[Any], stage: str, ckpt_path: str | None) -> str | None:
+        """Set the strategy up for ``module`` (once per module); return ``ckpt_path`` as the preflight resolved it."""
         self.module = module
         module._trainer = self
         module._log_buffer = self.logs
         self.hooks = HookDispatcher(self, module, self.callbacks)
-        if self._setup_done_for is not module:
+        first = self._setup_done_for is not module
+        if first:
             self.strategy.setup_environment()
+        if stage == "fit":  # a SIGTERM from here on (preflight, model set-up, restore) is not lost
+            for callback in self.callbacks:
+                if isinstance(callback, Preemption):
+                    callback.arm()
+        # Before any collective of the strategy's own: ranks that disagree fail here, in seconds.
+        path = preflight(
+            self.strategy, self.args, module, ckpt_path, self.default_root_dir, f"Trainer.{stage}"
+        )
+        if first:
             with self.strategy.module_init_context():
                 module.configure_model()
             self.strategy.setup_module(module)
             if self.args.compile_options is not None:  # after wrapping/sharding, inside any wrapper
                 apply_compile(module, self.args.compile_options)
             self._setup_done_for = module
+        return path
 
     def _context(self, module: TaskModule[Any]) -> LoopContext:
         return LoopContext(
@@ -531,8 +565,8 @@ class Trainer:
         if processes := self.strategy.processes_to_launch:  # devices=N: evaluate in N new processes
             payload = spawn(_call_in_worker, (self, stage, module, dataloaders, ckpt_path), processes)
             return payload["result"]
-        with self._run(module, stage):
-            self._load_weights(ckpt_path)
+        with self._run(module, stage, ckpt_path) as path:
+            self._load_weights(path)
             hook = module.val_dataloader if stage == "validate" else module.test_dataloader
             loader = dataloaders if dataloaders is not None else hook()
             if loader is None:
@@ -576,9 +610,8 @@ class Trainer:
         """``"best"``: the path of the monitored ModelCheckpoint's best checkpoint, as this trainer knows it."""
         return best_checkpoint_path(self.callbacks, f"Trainer.{stage}") if ckpt_path == "best" else ckpt_path
 
-    def _load_weights(self, ckpt_path: str | None) -> None:
-        if ckpt_path is not None:
-            path = resolve_ckpt_path(ckpt_path, self.default_root_dir, self.strategy)
+    def _load_weights(self, path: str | None) -> None:
+        if path is not None:  # resolved in the preflight
             manager.load_weights(path, self._require_module("load weights"), self.strategy)
 
     def _call(self, hook: str, *args: Any) -> None:
@@ -667,10 +700,13 @@ def _batch_size(loader: Any) -> int | None:
 
 def _build_strategy(args: TrainerArgs) -> Strategy:
     if isinstance(args.strategy, Strategy):
+        check_num_nodes(args.num_nodes, detect_environment())
         return _adopt_strategy(args)
     devices = args.devices if isinstance(args.devices, int) else 1
     precision = build_precision(args.precision)
-    launched_ranks = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun / SLURM: the environment decides
+    environment = detect_environment()  # torchrun / SLURM: the environment decides
+    check_num_nodes(args.num_nodes, environment)
+    launched_ranks = environment.world_size
     name = "ddp" if args.strategy == "auto" and max(devices, launched_ranks) > 1 else args.strategy
     if name in ("auto", "single"):
         return SingleDevice(default_device(args.accelerator), precision)

@@ -102,10 +102,6 @@ class TrainerArgs:
         self._check_strategy()
         self._check_callbacks_and_loggers()
         self.compile_options = check_compile_options(self.compile)
-        if self.num_nodes != 1:
-            raise NotImplementedError(
-                f"Trainer(num_nodes={self.num_nodes}): multi-node runs are launched by torchrun, not implemented yet"
-            )
 
     def _check_strategy(self) -> None:
         if isinstance(self.strategy, Strategy) and self.accelerator != "auto":

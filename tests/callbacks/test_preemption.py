@@ -274,3 +274,92 @@ def test_installed_by_default_only_with_checkpointing(tmp_path):
 def test_unknown_signal_names_are_refused():
     with pytest.raises(ValueError, match=r"SIGNOPE"):
         Preemption(signals=("SIGTERM", "SIGNOPE"))
+
+
+# -- signals during set-up and restore, and requeueing ----------------------------------------------
+class SigtermOnLoad(Callback):
+    """A SIGTERM while the checkpoint is being restored (the handler is armed by then)."""
+
+    def on_load_checkpoint(self, trainer, module, checkpoint):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_sigterm_during_restore_exits_99_without_a_new_checkpoint(tmp_path):
+    _trainer(tmp_path, [], max_steps=2).fit(Net(), _loader())
+    before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    previous = signal.getsignal(signal.SIGTERM)
+    trainer = _trainer(tmp_path, [SigtermOnLoad()], max_steps=6)
+    with pytest.raises(SystemExit) as exit_info:
+        trainer.fit(Net(), _loader(), ckpt_path="auto")
+    assert exit_info.value.code == EXIT_PREEMPTED
+    assert trainer.state.global_step == 2  # restored, not trained: nothing new to save
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_a_sigterm_during_set_up_of_a_fresh_run_exits_99_and_writes_nothing(tmp_path):
+    class SigtermInConfigureModel(Net):
+        def configure_model(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    trainer = _trainer(tmp_path, [], max_steps=6)
+    with pytest.raises(SystemExit) as exit_info:
+        trainer.fit(SigtermInConfigureModel(), _loader())
+    assert exit_info.value.code == EXIT_PREEMPTED and trainer.state.global_step == 0
+    assert find_last(str(tmp_path)) is None
+
+
+def test_a_second_fit_signalled_at_start_saves_what_the_first_trained(tmp_path):
+    class SigtermAtFitStart(Callback):
+        def __init__(self) -> None:
+            self.fits = 0
+
+        def on_fit_start(self, trainer, module):
+            self.fits += 1
+            if self.fits == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    # Checkpointing off: the first fit's 3 steps live only in memory; Preemption alone saves them.
+    trainer = _trainer(tmp_path, [SigtermAtFitStart(), Preemption()], max_steps=3, enable_checkpointing=False)
+    module = Net()
+    trainer.fit(module, _loader())
+    assert find_last(str(tmp_path)) is None
+    trainer.fit_loop.max_steps = 6
+    with pytest.raises(SystemExit):
+        trainer.fit(module, _loader())
+    assert trainer.state.global_step == 3
+    assert read_state(find_last(str(tmp_path)))["global_step"] == 3
+
+
+def test_requeue_runs_scontrol_on_rank_zero_after_the_checkpoint(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "scontrol.args"
+    stand_in = bin_dir / "scontrol"
+    stand_in.write_text(f'#!/bin/sh\necho "$@" >> {record}\n')
+    stand_in.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "31337")
+    trainer = _trainer(tmp_path, [SignalAt(step=1, batch_idx=1), Preemption(requeue=True)])
+    with pytest.raises(SystemExit) as exit_info:
+        trainer.fit(Net(), _loader())
+    assert exit_info.value.code == EXIT_PREEMPTED
+    assert record.read_text() == "requeue 31337\n"
+    assert find_last(str(tmp_path)) is not None
+
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "900")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
+    with pytest.raises(SystemExit):
+        _trainer(tmp_path / "array", [SignalAt(step=1, batch_idx=1), Preemption(requeue=True)]).fit(
+            Net(), _loader()
+        )
+    assert record.read_text().splitlines()[-1] == "requeue 900_7"
+
+
+def test_requeue_outside_slurm_warns_and_still_exits_99(tmp_path, monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    trainer = _trainer(tmp_path, [SignalAt(step=1, batch_idx=1), Preemption(requeue=True)])
+    with pytest.warns(UserWarning, match="SLURM_JOB_ID is not set"), pytest.raises(SystemExit) as exit_info:
+        trainer.fit(Net(), _loader())
+    assert exit_info.value.code == EXIT_PREEMPTED

@@ -92,3 +92,23 @@ def _tiny_task(work: Path) -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_a_strategy_timeout_from_the_command_line_reaches_the_process_group(work: Path) -> None:
+    from datetime import timedelta
+
+    from tasktrain.cli.run import prepare
+
+    argv = [
+        "--task",
+        str(work / "tiny_task.py"),
+        "--trainer.strategy",
+        "DDP",
+        "--trainer.strategy.timeout",
+        "45",
+    ]
+    run = prepare(
+        "fit", [*argv, "--trainer.strategy.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
+    )
+    assert isinstance(run.trainer.strategy, tt.strategies.DDP)
+    assert run.trainer.strategy.timeout == timedelta(seconds=45)

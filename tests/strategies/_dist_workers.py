@@ -636,3 +636,21 @@ def run_scenarios(kind: str, root: str) -> dict[str, Any]:
         dist.barrier()
     group_owner.teardown()
     return results
+
+
+class HangingNet(ItemNet):
+    """Rank 1 stops responding at its third micro-batch (it sleeps, outside any collective)."""
+
+    def training_step(self, batch, batch_idx):
+        if self.trainer.strategy.global_rank == 1 and batch_idx == 2:
+            time.sleep(10**6)
+        return super().training_step(batch, batch_idx)
+
+
+class DyingNet(ItemNet):
+    """Rank 1 dies (SIGKILL, no cleanup) at its third micro-batch."""
+
+    def training_step(self, batch, batch_idx):
+        if self.trainer.strategy.global_rank == 1 and batch_idx == 2:
+            os.kill(os.getpid(), 9)
+        return super().training_step(batch, batch_idx)

@@ -6,6 +6,8 @@ user-supplied strategy objects.
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import _dist_checks as checks
@@ -17,6 +19,7 @@ from torch.utils.data import DataLoader
 import tasktrain as tt
 import tasktrain.trainer as trainer_module
 from tasktrain.strategies import DDP
+from tasktrain.strategies.launcher import RankFailedError
 
 
 def _quiet(tmp_path) -> dict:
@@ -268,3 +271,82 @@ def test_after_fit_with_two_devices_the_trainer_holds_what_one_device_leaves(tmp
     assert done == {
         k: v["total"]["completed"] for k, v in two["fit_loop"].items() if isinstance(v, dict) and "total" in v
     }
+
+
+# -- 9. hung and dead ranks ------------------------------------------------------------------------------
+def _spawned_ranks() -> list[int]:
+    """Processes started by this one's launcher (``multiprocessing`` spawn children), from /proc."""
+    me, found = os.getpid(), []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == me and b"spawn_main" in command:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("net", "match"),
+    [
+        (workers.HangingNet, r"rank 1 stopped responding"),
+        (workers.DyingNet, r"rank 1 died \(killed by signal SIGKILL\)"),
+    ],
+    ids=["hung", "dead"],
+)
+def test_a_hung_or_dead_rank_is_named_within_the_timeout_and_no_rank_is_left(tmp_path, net, match):
+    trainer = tt.Trainer(strategy=DDP(2, accelerator="cpu", timeout=10), max_steps=4, **_quiet(tmp_path))
+    start = time.monotonic()
+    with pytest.raises(RankFailedError, match=match) as info:
+        trainer.fit(net(), _loader())
+    elapsed = time.monotonic() - start
+    assert info.value.rank == 1
+    assert elapsed < 40, f"reported after {elapsed:.0f} s"
+    assert "rank 0" in str(info.value)  # the healthy rank's collective error comes along, as a consequence
+    assert _spawned_ranks() == []
+
+
+STARTUP_SCRIPT = """
+import os, signal, sys, time
+sys.path.insert(0, {tests!r})
+from torch.utils.data import DataLoader
+import tasktrain as tt
+import _dist_workers as workers
+
+
+class SignalsWhileBuilding(workers.ItemNet):
+    def configure_model(self):
+        if self.trainer.strategy.global_rank == 0:
+            os.kill(os.getppid(), signal.SIGTERM)  # the scheduler signals the job while it starts
+            time.sleep(2)  # the launcher forwards it to both ranks, still setting up
+
+
+if __name__ == "__main__":
+    trainer = tt.Trainer(
+        strategy="ddp", devices=2, accelerator="cpu", max_steps=10**6, default_root_dir=sys.argv[1],
+        logger=False, enable_progress_bar=False,
+    )
+    trainer.fit(SignalsWhileBuilding(), DataLoader(workers.item_data(), batch_size=2), ckpt_path="auto")
+"""
+
+
+def test_sigterm_while_the_ranks_set_up_exits_99_with_nothing_to_save(tmp_path):
+    import subprocess
+    import sys
+
+    from tasktrain.callbacks import EXIT_PREEMPTED
+    from tasktrain.checkpoint import find_last
+
+    script = tmp_path / "job.py"
+    script.write_text(STARTUP_SCRIPT.format(tests=str(Path(__file__).parent)))
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "run")], capture_output=True, timeout=300
+    )
+    assert done.returncode == EXIT_PREEMPTED, done.stderr.decode()[-3000:]
+    assert (
+        find_last(str(tmp_path / "run")) is None
+    )  # a fresh run stopped before its first step: nothing to save

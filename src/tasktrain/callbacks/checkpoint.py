@@ -56,6 +56,9 @@ class ModelCheckpoint(Callback):
         restore_best: at the end of ``fit`` (after the last save), load the weights of the best
             checkpoint by ``monitor`` into the module (HF's ``load_best_model_at_end``); sharded
             checkpoints too. Needs ``monitor``.
+        async_save: write in the background (the loop waits only while tensors are copied);
+            one save in flight, the next save and the end of ``fit`` wait for it, and retention
+            runs once it is committed (so a checkpoint it would replace stays until then).
 
     The best checkpoint is also what ``Trainer.validate/test/predict(ckpt_path="best")`` loads,
     and ``FitResult.best_model_path`` / ``best_model_score`` name it.
@@ -78,8 +81,11 @@ class ModelCheckpoint(Callback):
         save_top_k: int = 1,
         max_shard_bytes: int | None = None,
         restore_best: bool = False,
+        async_save: bool = False,
     ) -> None:
         _check_optional_count("every_n_train_steps", every_n_train_steps)
+        if not isinstance(async_save, bool):
+            raise TypeError(f"ModelCheckpoint(async_save={async_save!r}): must be True or False")
         if not isinstance(restore_best, bool):
             raise TypeError(f"ModelCheckpoint(restore_best={restore_best!r}): must be True or False")
         if restore_best and monitor is None:
@@ -118,6 +124,10 @@ class ModelCheckpoint(Callback):
         self.save_top_k = save_top_k
         self.max_shard_bytes = max_shard_bytes
         self.restore_best = restore_best
+        self.async_save = async_save
+        self._retention_due: str | None = (
+            None  # async: the directory to prune once the save in flight is done
+        )
         self.saved: list[dict[str, Any]] = []  # oldest first: {"path", "step", "score"}
         self._last_saved_step = -1
         self._last_time = time.monotonic()
@@ -209,6 +219,7 @@ class ModelCheckpoint(Callback):
     def on_fit_end(self, trainer: Trainer, module: TaskModule[Any]) -> None:
         if self.save_last:
             self.save(trainer)
+        self.finish_pending(trainer)
         if self.restore_best and not trainer.fast_dev_run:
             self._restore_best(trainer, module)
 
@@ -233,6 +244,7 @@ class ModelCheckpoint(Callback):
         step = trainer.state.global_step
         if step == self._last_saved_step or trainer.fast_dev_run:
             return None
+        self.finish_pending(trainer)  # one save in flight: the previous one is committed (and pruned) first
         score = self._score(trainer)
         dirpath = self._dirpath(trainer)
         path = self._unclaimed(trainer, f"{dirpath}/{self._format_name(trainer)}")
@@ -242,14 +254,25 @@ class ModelCheckpoint(Callback):
         self.saved.append({"path": path, "step": step, "score": score})
         self._last_saved_step = step
         try:
-            trainer.save_checkpoint(path, max_shard_bytes=self.max_shard_bytes)
+            trainer.save_checkpoint(path, max_shard_bytes=self.max_shard_bytes, async_save=self.async_save)
         except BaseException:
             self.saved, self._last_saved_step = previous
             raise
         self._last_time = time.monotonic()
-        if trainer.is_global_zero:
+        if self.async_save:  # retention never deletes a checkpoint before the new one is committed
+            self._retention_due = dirpath
+        elif trainer.is_global_zero:
             self._apply_retention(dirpath)  # only now that the new checkpoint is committed
         return path
+
+    def finish_pending(self, trainer: Trainer) -> None:
+        """Wait for this callback's background save (``async_save``), then apply retention."""
+        if self._retention_due is None:
+            return
+        trainer.wait_for_checkpoint()
+        dirpath, self._retention_due = self._retention_due, None
+        if trainer.is_global_zero:
+            self._apply_retention(dirpath)
 
     def _unclaimed(self, trainer: Trainer, path: str) -> str:
         """``path``, or ``path-v1``, ``path-v2``, ... when something this callback did not write is

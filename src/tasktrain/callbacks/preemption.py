@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import threading
+import warnings
 from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -21,13 +24,41 @@ if TYPE_CHECKING:
 #: Distinct from 0 (finished) and 1 (crashed), so a job script can requeue on it.
 EXIT_PREEMPTED = 99
 
+#: Signals received by a rank before any Preemption was armed (recorded by :func:`catch_early_signals`).
+_EARLY: list[signal.Signals] = []
+
+
+def catch_early_signals(signals: Sequence[signal.Signals] = (signal.SIGTERM,)) -> None:
+    """Record ``signals`` from now on instead of dying of them, for the next :meth:`Preemption.arm`.
+
+    The ``devices=N`` launcher calls it first thing in every rank, so a SIGTERM that arrives while
+    the rank imports the user's script and builds the Trainer still ends in a clean exit 99.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in signals:
+        signal.signal(sig, lambda signum, frame: _EARLY.append(signal.Signals(signum)))
+
 
 class Preemption(Callback):
     """Turn a termination signal into: finish the current optimizer step, checkpoint, exit ``exit_code``.
 
     Installed by default when checkpointing is enabled. The handlers are active only while
-    ``fit`` runs (and only in the main thread); the previous handlers are restored afterwards.
-    The next ``fit(ckpt_path="last")`` resumes exactly.
+    ``fit`` runs (and only in the main thread), from the moment the process group is up: a signal
+    during the rest of set-up or checkpoint restore ends the fit when training would start, with
+    ``exit_code`` and without a new checkpoint when there is nothing new to save (the run is
+    where it started or was restored from). While the process group forms, the default action
+    stays: a rank stuck connecting to its peers must remain killable by the launcher. The
+    previous handlers are restored afterwards. The next ``fit(ckpt_path="auto")`` resumes exactly.
+
+    Args:
+        signals: names of the signals to act on.
+        exit_code: the exit status after the checkpoint (99: requeue me).
+        requeue: under SLURM, rank 0 runs ``scontrol requeue $SLURM_JOB_ID`` after the checkpoint
+            (``<array job>_<task>`` for array jobs), so the job is requeued whatever exit status
+            the launcher reports (torchrun turns 99 into 1).
+        check_every_n_steps: under several processes, agree on a stop every this many optimizer
+            steps (default: the Trainer's ``log_every_n_steps``; see below).
 
     How soon a signal is acted on: in one process, at the end of the optimizer step during which
     it arrived. Under several processes the ranks must agree to stop at the same step, which
@@ -37,20 +68,16 @@ class Preemption(Callback):
     that many steps shorter than the grace period between SIGTERM and SIGKILL (SLURM's
     ``KillWait``, or ``--signal=TERM@SECONDS``).
 
-    Args:
-        signals: the signal names to act on.
-        exit_code: the exit status after the checkpoint (:data:`EXIT_PREEMPTED`).
-        check_every_n_steps: under several processes, agree on a stop every this many steps.
-
     Example:
         >>> import tasktrain as tt
-        >>> trainer = tt.Trainer(callbacks=[Preemption(signals=("SIGTERM", "SIGUSR1"))])
+        >>> trainer = tt.Trainer(callbacks=[Preemption(signals=("SIGTERM", "SIGUSR1"), requeue=True)])
     """
 
     def __init__(
         self,
         signals: Sequence[str] = ("SIGTERM",),
         exit_code: int = EXIT_PREEMPTED,
+        requeue: bool = False,
         check_every_n_steps: int | None = None,
     ) -> None:
         if check_every_n_steps is not None and (
@@ -68,17 +95,48 @@ class Preemption(Callback):
         if unknown:
             raise ValueError(f"Preemption(signals={list(signals)!r}): unknown signal names {unknown}")
         self.signals = [signal.Signals[name] for name in signals]
+        if not isinstance(requeue, bool):
+            raise TypeError(f"Preemption(requeue={requeue!r}): must be True or False")
         self.exit_code = exit_code
+        self.requeue = requeue
         self.received: signal.Signals | None = None
         self._previous: dict[signal.Signals, Any] = {}
+        self._armed = False
+        self._restored_step: int | None = None
 
-    @override
-    def on_fit_start(self, trainer: Trainer, module: TaskModule[Any]) -> None:
+    def arm(self) -> None:
+        """Install the handlers now (the Trainer calls it once the process group is up, before the restore).
+
+        A signal recorded earlier by :func:`catch_early_signals` counts as received.
+        """
         self.received = None
+        self._restored_step = None
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in self.signals:
-            self._previous[sig] = signal.signal(sig, self._handle)
+            self._previous.setdefault(sig, signal.signal(sig, self._handle))
+        early = [sig for sig in _EARLY if sig in self.signals]
+        _EARLY.clear()
+        if early:
+            self.received = early[0]
+        self._armed = True
+
+    @override
+    def on_load_checkpoint(
+        self, trainer: Trainer, module: TaskModule[Any], checkpoint: dict[str, Any]
+    ) -> None:
+        self._restored_step = trainer.state.global_step
+
+    @override
+    def on_fit_start(self, trainer: Trainer, module: TaskModule[Any]) -> None:
+        if not self._armed:
+            self.arm()
+        # One collective per fit (not per step): a signal that came during set-up or restore.
+        if trainer.strategy.any_rank(self.received is not None):
+            step = trainer.state.global_step
+            if step in (0, self._restored_step):  # nothing new since the start or the restored checkpoint
+                self._exit(trainer)
+            self._checkpoint_and_exit(trainer)
 
     @override
     def on_train_step_end(self, trainer: Trainer, module: TaskModule[Any]) -> None:
@@ -119,6 +177,12 @@ class Preemption(Callback):
             trainer.save_checkpoint(
                 f"{trainer.default_root_dir}/checkpoints/step={trainer.state.global_step:08d}"
             )
+        trainer.wait_for_checkpoint()  # an async_save is complete before the process exits
+        self._exit(trainer)
+
+    def _exit(self, trainer: Trainer) -> None:
+        if self.requeue and trainer.is_global_zero:
+            requeue_slurm_job()
         self._restore_handlers()
         raise SystemExit(self.exit_code)
 
@@ -126,3 +190,34 @@ class Preemption(Callback):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
+        self._armed = False
+
+
+def requeue_slurm_job() -> bool:
+    """Run ``scontrol requeue`` for this SLURM job (as Lightning does); False, with a warning, if it could not.
+
+    Example:
+        >>> requeue_slurm_job()  # doctest: +SKIP
+        True
+    """
+    job = os.environ.get("SLURM_JOB_ID")
+    if "SLURM_ARRAY_JOB_ID" in os.environ and "SLURM_ARRAY_TASK_ID" in os.environ:
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    if job is None:
+        warnings.warn(
+            "Preemption(requeue=True): SLURM_JOB_ID is not set (not a SLURM job); nothing requeued",
+            stacklevel=2,
+        )
+        return False
+    try:
+        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        warnings.warn(f"Preemption(requeue=True): `scontrol requeue {job}` failed: {err}", stacklevel=2)
+        return False
+    if done.returncode != 0:
+        warnings.warn(
+            f"Preemption(requeue=True): `scontrol requeue {job}` exited {done.returncode}: {done.stderr.strip()}",
+            stacklevel=2,
+        )
+        return False
+    return True

@@ -20,6 +20,7 @@ from torch.optim import Optimizer
 
 from tasktrain import __version__
 from tasktrain.checkpoint import codec, legacy
+from tasktrain.checkpoint.background import BackgroundWriter
 from tasktrain.checkpoint.format import (
     CheckpointError,
     check_fits,
@@ -47,17 +48,19 @@ from tasktrain.strategies.base import ModelState, Strategy
 Captured = dict[str, Any]  # {name: state_dict()}
 
 
-def resolve_ckpt_path(ckpt_path: str, default_root_dir: str, strategy: Strategy | None = None) -> str:
+def resolve_ckpt_path(ckpt_path: str, default_root_dir: str, strategy: Strategy | None = None) -> str | None:
     """``"last"`` → the newest checkpoint under ``default_root_dir`` that verifies; else check ``ckpt_path``.
 
-    ``"last"`` skips, with a warning naming each, newer checkpoints that fail verification or
+    ``"auto"`` is ``"last"`` when there is any checkpoint under ``default_root_dir``, else None
+    (start fresh). ``"last"`` skips, with a warning naming each, newer checkpoints that fail verification or
     whose ``trainer_state.json`` or safetensors headers do not parse. An explicit path must be a
     complete checkpoint (sizes are checked here, checksums when it is loaded). With a
     ``strategy`` of several ranks, rank 0 decides and every rank gets its answer (or error).
 
     Raises:
         FileNotFoundError: ``ckpt_path`` does not exist, or ``"last"`` finds no checkpoint.
-        CheckpointError: ``ckpt_path`` is not a complete checkpoint, or no checkpoint verifies.
+        CheckpointError: ``ckpt_path`` is not a complete checkpoint, or no checkpoint verifies
+            (also for ``"auto"``: checkpoints that all fail verification are not a fresh start).
 
     Example:
         >>> resolve_ckpt_path("last", "runs")  # doctest: +SKIP
@@ -65,12 +68,14 @@ def resolve_ckpt_path(ckpt_path: str, default_root_dir: str, strategy: Strategy 
     """
     if strategy is not None and strategy.world_size > 1:
         return _on_rank_zero(strategy, lambda: resolve_ckpt_path(ckpt_path, default_root_dir))
+    if ckpt_path == "auto":
+        return _last_verified(default_root_dir, "auto") if checkpoints(default_root_dir) else None
     if ckpt_path == "last":
         return _last_verified(default_root_dir)
     return resolve(ckpt_path, f"ckpt_path={ckpt_path!r}")
 
 
-def _last_verified(default_root_dir: str) -> str:
+def _last_verified(default_root_dir: str, name: str = "last") -> str:
     skipped: list[tuple[str, str]] = []
     for candidate in checkpoints(default_root_dir):
         try:
@@ -81,14 +86,14 @@ def _last_verified(default_root_dir: str) -> str:
             continue
         for path, reason in skipped:
             warnings.warn(
-                f"ckpt_path='last': skipping {path}, which does not verify ({reason}); "
+                f"ckpt_path={name!r}: skipping {path}, which does not verify ({reason}); "
                 f"using the older {candidate}",
                 stacklevel=3,
             )
         return candidate
     if skipped:
         raise CheckpointError(
-            f"ckpt_path='last': none of the {len(skipped)} checkpoint(s) under default_root_dir="
+            f"ckpt_path={name!r}: none of the {len(skipped)} checkpoint(s) under default_root_dir="
             f"{default_root_dir!r} verifies: " + "; ".join(f"{path}: {reason}" for path, reason in skipped)
         )
     raise FileNotFoundError(
@@ -130,11 +135,14 @@ def save(
     metadata: Mapping[str, Any],
     on_save: Callable[[Captured], None] | None = None,
     max_shard_bytes: int | None = None,
+    background: BackgroundWriter | None = None,
 ) -> None:
     """Write everything needed to resume to the directory ``path``; every rank must call this.
 
     ``metadata`` (step, epoch, hparams) is written for readers and never loaded into an object.
-    ``on_save`` sees the captured states first and may add entries of its own.
+    ``on_save`` sees the captured states first and may add entries of its own. With a
+    ``background`` writer, full (non-sharded) checkpoints are copied off the training path and
+    written by rank 0's background thread (one save in flight); sharded ones are written now.
     """
     captured = {name: state.state_dict() for name, state in states.items()}
     if on_save is not None:
@@ -149,6 +157,18 @@ def save(
         "versions": {"tasktrain": __version__, "torch": torch.__version__},
         "strategy": {"name": strategy.name, "world_size": strategy.world_size},
     }
+    if background is not None and not model.sharded:
+        if strategy.is_global_zero:  # rank 0 writes every file of a full checkpoint: no collective after this
+            model, per_rank = background.stage((model, per_rank))  # once the save in flight is done
+            _submit(
+                background,
+                path,
+                model,
+                per_rank,
+                trainer_state,
+                max_shard_bytes,
+            )
+        return
     writer = open_checkpoint(path, trainer_state) if strategy.is_global_zero else None
     with writer or nullcontext():
         if model.sharded:  # every rank writes its shards into rank 0's (temporary) directory
@@ -177,6 +197,32 @@ def save(
                 **({} if max_shard_bytes is None else {"max_shard_bytes": max_shard_bytes}),
             )
     strategy.barrier()
+
+
+def _submit(
+    background: BackgroundWriter,
+    path: str,
+    model: ModelState,
+    per_rank: Sequence[tuple[dict[str, Any], dict[str, Tensor]]],
+    trainer_state: dict[str, Any],
+    max_shard_bytes: int | None,
+) -> None:
+    """Hand a full checkpoint, already copied off the training path, to the background thread."""
+
+    def write() -> None:
+        state_tensors, state_metadata = _rank_states(per_rank)
+        with open_checkpoint(path, trainer_state) as writer:  # manifest last, then renamed into place
+            write_checkpoint(
+                writer,
+                model.model,
+                model.optimizers,
+                {**trainer_state, "states": per_rank[0][0]},
+                state_tensors,
+                state_metadata,
+                **({} if max_shard_bytes is None else {"max_shard_bytes": max_shard_bytes}),
+            )
+
+    background.submit(path, write)
 
 
 def load(

@@ -62,6 +62,8 @@ def export_main(argv: list[str]) -> int:
         source = resolve_ckpt_path(args.ckpt, args.root_dir)
     except (OSError, ValueError) as error:
         raise CLIError(f"CKPT: {error}") from error
+    if source is None:
+        raise CLIError(f"CKPT: {args.ckpt!r}: no checkpoint under --root_dir {args.root_dir!r}")
     try:
         if args.format == "hf":
             from tasktrain.hf import save_pretrained

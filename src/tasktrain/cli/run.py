@@ -199,10 +199,12 @@ def _call_args(kwargs: Mapping[str, Any]) -> str:
 def _check_ckpt_path(ckpt_path: str | None, trainer: Trainer) -> str | None:
     if ckpt_path is None:
         return None
+    if ckpt_path in ("last", "auto") and trainer.strategy.world_size > 1:
+        return ckpt_path  # resolved once by rank 0 in fit, and agreed by every rank (not per rank here)
     from tasktrain.checkpoint.manager import resolve_ckpt_path
 
     try:
-        return resolve_ckpt_path(ckpt_path, trainer.default_root_dir)
+        return resolve_ckpt_path(ckpt_path, trainer.default_root_dir) or ckpt_path  # "auto", nothing found
     except (OSError, ValueError) as error:
         raise CLIError(f"--ckpt_path: {error}") from error
 

@@ -144,6 +144,10 @@ class Strategy:
         its process group across ``fit``/``validate`` calls; call this at the end of the script.
         """
 
+    def explain_failure(self, error: BaseException) -> BaseException | None:
+        """An error that says more than ``error`` about why the run failed (e.g. which rank hung), or None."""
+        return None
+
     # -- one training step -----------------------------------------------------------------------
     def forward_step(self, step: Callable[[Any, int], Any], batch: Any, batch_idx: int) -> Any:
         """Call a module step (``training_step``, ``validation_step``, ...) the way this strategy needs.

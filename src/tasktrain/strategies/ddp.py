@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from datetime import timedelta
 from typing import Any
 
 import torch.distributed as dist
@@ -13,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 
 from tasktrain.precision import Precision
-from tasktrain.strategies.parallel import ParallelStrategy
+from tasktrain.strategies.parallel import DEFAULT_TIMEOUT, ParallelStrategy
 
 
 class _StepRouter(nn.Module):
@@ -31,7 +32,8 @@ class DDP(ParallelStrategy):
     """Each rank holds the whole model and a disjoint shard of the data; gradients are averaged.
 
     Gradient sync is skipped (``no_sync``) on all but the last micro-batch of an accumulation
-    group. Extra keyword arguments go to ``DistributedDataParallel``.
+    group. ``timeout`` (seconds or a ``timedelta``) bounds every collective; extra keyword
+    arguments go to ``DistributedDataParallel``.
 
     Example:
         >>> import tasktrain as tt
@@ -45,9 +47,10 @@ class DDP(ParallelStrategy):
         num_processes: int = 1,
         accelerator: str = "auto",
         precision: Precision | None = None,
+        timeout: float | timedelta = DEFAULT_TIMEOUT,
         **ddp_kwargs: Any,
     ) -> None:
-        super().__init__(num_processes, accelerator, precision)
+        super().__init__(num_processes, accelerator, precision, timeout)
         self.ddp_kwargs = ddp_kwargs
         self.model: DistributedDataParallel | None = None
 
@@ -56,6 +59,10 @@ class DDP(ParallelStrategy):
         device_ids = [self.root_device.index] if self.root_device.type == "cuda" else None
         self.model = DistributedDataParallel(_StepRouter(module), device_ids=device_ids, **self.ddp_kwargs)
         return module
+
+    def teardown(self) -> None:
+        self.model = None  # the wrapper's reducer holds the process group: it goes first
+        super().teardown()
 
     def _call_step(self, step: Callable[[Any, int], Any], batch: Any, batch_idx: int) -> Any:
         assert self.model is not None

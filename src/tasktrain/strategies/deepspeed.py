@@ -45,7 +45,7 @@ class DeepSpeed(ParallelStrategy):
         num_processes: int = 1,
         accelerator: str = "auto",
         precision: Precision | None = None,
-        timeout: timedelta = DEFAULT_TIMEOUT,
+        timeout: float | timedelta = DEFAULT_TIMEOUT,
         stage: int = 2,
         config: Mapping[str, Any] | str | None = None,
     ) -> None:

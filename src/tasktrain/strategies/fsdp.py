@@ -49,7 +49,7 @@ class FSDP(DTensorCheckpointing, ParallelStrategy):
         num_processes: int = 1,
         accelerator: str = "auto",
         precision: Precision | None = None,
-        timeout: timedelta = DEFAULT_TIMEOUT,
+        timeout: float | timedelta = DEFAULT_TIMEOUT,
         shard_modules: Iterable[type[nn.Module]] = (),
         reshard_after_forward: bool = True,
         checkpoint: str = "sharded",

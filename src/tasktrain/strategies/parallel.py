@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import os
+import atexit
+import gc
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -14,6 +16,8 @@ from torch import Tensor
 from tasktrain.data import with_distributed_sampler
 from tasktrain.precision import Precision
 from tasktrain.strategies.base import Strategy
+from tasktrain.strategies.environment import ClusterEnvironment, detect_environment, export_environment
+from tasktrain.strategies.heartbeat import COLLECTIVE_FAILURE, Heartbeat
 from tasktrain.strategies.launcher import free_port
 
 DEFAULT_TIMEOUT = timedelta(minutes=10)
@@ -25,16 +29,48 @@ _REDUCE_OPS = {
 }
 
 
+def as_timeout(owner: str, value: float | timedelta) -> timedelta:
+    """A collective timeout given in seconds or as a ``timedelta``, checked (> 0).
+
+    Example:
+        >>> as_timeout("DDP", 90)
+        datetime.timedelta(seconds=90)
+    """
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise TypeError(
+            f"{owner}(timeout={value!r}): accepted values are seconds (a number > 0) or a timedelta"
+        )
+    if not seconds > 0:
+        raise ValueError(
+            f"{owner}(timeout={value!r}): accepted values are seconds (a number > 0) or a timedelta"
+        )
+    return timedelta(seconds=seconds)
+
+
+_PEER_CLOSED = re.compile(r"Connection (closed|reset) by peer|Broken pipe")
+
+
+class CollectiveError(RuntimeError):
+    """A collective failed because another rank did not take part; the message names that rank."""
+
+
 class ParallelStrategy(Strategy):
     """Base for strategies over a process group: rank bookkeeping, process-group setup, collectives.
 
-    Ranks come from the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, as torchrun and the
-    tasktrain launcher set them). The backend is NCCL on CUDA and gloo on CPU.
+    Ranks come from the environment: ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` as torchrun and the
+    tasktrain launcher set them, or SLURM's ``SLURM_PROCID``, ``SLURM_NTASKS``, ... under ``srun``
+    (see :func:`~tasktrain.strategies.environment.detect_environment`). The backend is NCCL on
+    CUDA and gloo on CPU.
 
     Args:
         num_processes: how many processes to start when not launched by torchrun (``devices=N``).
         accelerator: "cpu", "cuda" or "auto".
-        timeout: how long a collective may wait before the run fails (a hung rank fails fast).
+        timeout: how long a collective may wait, in seconds or as a ``timedelta`` (default 10
+            minutes), before the run fails; the launcher then names the rank that did not respond.
     """
 
     def __init__(
@@ -42,29 +78,36 @@ class ParallelStrategy(Strategy):
         num_processes: int = 1,
         accelerator: str = "auto",
         precision: Precision | None = None,
-        timeout: timedelta = DEFAULT_TIMEOUT,
+        timeout: float | timedelta = DEFAULT_TIMEOUT,
     ) -> None:
         super().__init__("cpu", precision)
         self._num_processes = num_processes
         self.accelerator = accelerator
-        self.timeout = timeout
+        self.timeout = as_timeout(type(self).__name__, timeout)
+        self._heartbeat: Heartbeat | None = None
+
+    @property
+    def environment(self) -> ClusterEnvironment:
+        """This process's place in the launched job, read from the environment (see ``environment.py``)."""
+        return detect_environment()
 
     @property
     def world_size(self) -> int:
-        return int(os.environ.get("WORLD_SIZE", self._num_processes))
+        env = self.environment
+        return env.world_size if env.launched else self._num_processes
 
     @property
     def global_rank(self) -> int:
-        return int(os.environ.get("RANK", 0))
+        return self.environment.rank
 
     @property
     def local_rank(self) -> int:
-        return int(os.environ.get("LOCAL_RANK", 0))
+        return self.environment.local_rank
 
     @property
     def launched(self) -> bool:
         """Whether this process is already one rank of the job (torchrun, SLURM, or our launcher)."""
-        return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+        return self.environment.launched
 
     @property
     def processes_to_launch(self) -> int:
@@ -78,9 +121,11 @@ class ParallelStrategy(Strategy):
         self.root_device = torch.device("cuda", self.local_rank) if use_cuda else torch.device("cpu")
         if use_cuda:
             torch.cuda.set_device(self.root_device)
+        env = self.environment
+        export_environment(env)  # SLURM's variables as torch's (RANK, MASTER_ADDR, ...)
         if not dist.is_initialized():
             # One process started without a launcher (devices=1): a group of one on loopback.
-            init_method = None if self.launched else f"tcp://127.0.0.1:{free_port()}"
+            init_method = None if env.launched else f"tcp://127.0.0.1:{free_port()}"
             dist.init_process_group(
                 backend="nccl" if use_cuda else "gloo",
                 init_method=init_method,
@@ -88,12 +133,40 @@ class ParallelStrategy(Strategy):
                 world_size=self.world_size,
                 timeout=self.timeout,
             )
+            if env.launched and self.world_size > 1 and env.master_port is not None:
+                self._heartbeat = Heartbeat.start(
+                    self.global_rank, self.world_size, env.master_addr, env.master_port
+                )
+            # What we created goes at exit, in order (heartbeat, then group), also when the script
+            # never calls teardown: left to interpreter shutdown, the group's threads may abort it.
+            atexit.register(self.teardown)
         rank_zero_only.rank = self.global_rank  # type: ignore[attr-defined]
         self.precision.setup(self.root_device)
 
     def teardown(self) -> None:
+        if self._heartbeat is not None:  # before the group: it writes to the group's store
+            self._heartbeat.stop()
+            self._heartbeat = None
         if dist.is_initialized():
+            gc.collect()  # wrappers and meshes that referenced the group, before the group itself
             dist.destroy_process_group()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_heartbeat"] = None  # a thread and a connection of this process: not for another one
+        return state
+
+    def explain_failure(self, error: BaseException) -> BaseException | None:
+        """A collective that failed because of another rank: an error naming that rank (from the heartbeats)."""
+        if self._heartbeat is None or not COLLECTIVE_FAILURE.search(f"{type(error).__name__}: {error}"):
+            return None
+        blame = self._heartbeat.blame(peer_closed=bool(_PEER_CLOSED.search(str(error))))
+        if blame is None:
+            return None
+        return CollectiveError(
+            f"rank {self.global_rank}'s collective failed because another rank did not take part: {blame}. "
+            f"The collective's own error: {type(error).__name__}: {error}"
+        )
 
     # -- collectives -----------------------------------------------------------------------------
     def reduce(self, tensor: Tensor, op: str = "mean", data_parallel: bool = False) -> Tensor:

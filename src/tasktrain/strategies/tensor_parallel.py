@@ -47,7 +47,7 @@ class TensorParallel(DTensorCheckpointing, ParallelStrategy):
         num_processes: int = 1,
         accelerator: str = "auto",
         precision: Precision | None = None,
-        timeout: timedelta = DEFAULT_TIMEOUT,
+        timeout: float | timedelta = DEFAULT_TIMEOUT,
         tp_size: int | None = None,
         checkpoint: str = "sharded",
     ) -> None:
