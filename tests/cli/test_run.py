@@ -99,9 +99,13 @@ def test_a_strategy_timeout_from_the_command_line_reaches_the_process_group(work
 
     from tasktrain.cli.run import prepare
 
+    # A copy under its own name: importing it here must not take the name of the fixture module
+    # other tests (and the processes they spawn) import as ``tiny_task``.
+    task = work / "timeout_task.py"
+    task.write_text((work / "tiny_task.py").read_text())
     argv = [
         "--task",
-        str(work / "tiny_task.py"),
+        str(task),
         "--trainer.strategy",
         "DDP",
         "--trainer.strategy.timeout",
