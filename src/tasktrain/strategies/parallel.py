@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import gc
+import os
 import re
 from datetime import timedelta
 from typing import Any
@@ -52,6 +53,23 @@ def as_timeout(owner: str, value: float | timedelta) -> timedelta:
 
 
 _PEER_CLOSED = re.compile(r"Connection (closed|reset) by peer|Broken pipe")
+
+
+def _attempt_store(timeout: timedelta = DEFAULT_TIMEOUT) -> dist.Store | None:
+    """Under a torchrun restart, the job's store keyed by attempt: the previous attempt's peer
+    addresses are still in torchrun's store, and a rank that read them would connect to dead ranks."""
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if attempt == "0" or "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
+        return None
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        None,
+        is_master=False,
+        timeout=timeout,
+        wait_for_workers=False,
+    )
+    return dist.PrefixStore(f"tasktrain/attempt_{attempt}", store)
 
 
 class CollectiveError(RuntimeError):
@@ -125,10 +143,12 @@ class ParallelStrategy(Strategy):
         export_environment(env)  # SLURM's variables as torch's (RANK, MASTER_ADDR, ...)
         if not dist.is_initialized():
             # One process started without a launcher (devices=1): a group of one on loopback.
+            store = _attempt_store(self.timeout) if env.launcher == "torchrun" else None
             init_method = None if env.launched else f"tcp://127.0.0.1:{free_port()}"
             dist.init_process_group(
                 backend="nccl" if use_cuda else "gloo",
-                init_method=init_method,
+                init_method=None if store is not None else init_method,
+                store=store,
                 rank=self.global_rank,
                 world_size=self.world_size,
                 timeout=self.timeout,
