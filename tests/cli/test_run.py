@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from _cli_helpers import QUIET, last_weights, line_after, ok
 from safetensors.torch import load_file
@@ -94,10 +95,14 @@ def _tiny_task(work: Path) -> Any:
     return module
 
 
-def test_a_strategy_timeout_from_the_command_line_reaches_the_process_group(work: Path) -> None:
+def test_a_strategy_timeout_from_the_command_line_reaches_the_process_group(
+    work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from datetime import timedelta
 
     from tasktrain.cli.run import prepare
+
+    monkeypatch.setattr(sys, "path", list(sys.path))  # loading the task puts its folder first
 
     # A copy under its own name: importing it here must not take the name of the fixture module
     # other tests (and the processes they spawn) import as ``tiny_task``.
